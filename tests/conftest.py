@@ -1,0 +1,29 @@
+"""Shared fixtures. Real data lives in ../shared/data (see its README); tests that need it skip without it."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import timm_tm  # noqa: F401  (registers tm_* before any test module builds a model)
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_NPZ = Path(os.environ.get('TIMM_TM_MNIST', ROOT.parent / 'shared' / 'data' / 'mnist10k.npz'))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope='session')
+def mnist_arrays():
+    """(10000 x 28 x 28 uint8, labels) real MNIST digits from ../shared/data."""
+    if not MNIST_NPZ.is_file():
+        pytest.skip(f'real MNIST data not found at {MNIST_NPZ}')
+    from timm_tm.data import load_mnist_npz
+
+    return load_mnist_npz(str(MNIST_NPZ))

@@ -1,0 +1,400 @@
+"""Template-matching ResNets (tm_resnet18 ... tm_resnet152).
+
+timm's ``ResNet`` with a :class:`~timm_tm.layers.TemplateMatching` block appended to the end of chosen stages
+(``layerN``), and the blocks' class evidence added to the logits::
+
+    logits = fc(pool(features)) + sum over TM blocks b of evidence_weight_b * class_evidence_b
+
+so that any loss on the logits (as timm's train.py computes it) guides the templates with the labels.
+
+With every TM embedding and evidence weight at zero the model computes exactly what timm's ``resnetX``
+computes with the same weights: :func:`convert_resnet_state_dict` and the pretrained tags built on timm's
+ResNet ImageNet weights set them so.
+"""
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._manipulate import checkpoint, checkpoint_seq
+from timm.models._registry import get_pretrained_cfg
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from timm_tm.layers import TemplateMatching
+
+__all__ = ['TemplateMatchingResNet', 'convert_resnet_state_dict', 'checkpoint_filter_fn', 'TM_ARCHS']
+
+_logger = logging.getLogger(__name__)
+
+# Per-model architecture and TM defaults. The cost of a TM block is about 2 * C * K * H * W multiply-adds
+# (K = num_classes * templates_per_class), so stage 3 is 4x the cost of stage 4 per template for bottleneck
+# ResNets. Defaults keep the overhead at 1000 classes within about 10% of the backbone's GMACs
+# (README, "Cost"): stages 3 and 4 where affordable, stage 4 only for the narrow-and-wide bottleneck models.
+TM_ARCHS: Dict[str, Dict[str, Any]] = {
+    'tm_resnet18': dict(block=BasicBlock, layers=(2, 2, 2, 2), tm_stages=(3, 4)),
+    'tm_resnet26': dict(block=Bottleneck, layers=(2, 2, 2, 2), tm_stages=(4,)),
+    'tm_resnet34': dict(block=BasicBlock, layers=(3, 4, 6, 3), tm_stages=(3, 4)),
+    'tm_resnet50': dict(block=Bottleneck, layers=(3, 4, 6, 3), tm_stages=(4,)),
+    'tm_resnet101': dict(block=Bottleneck, layers=(3, 4, 23, 3), tm_stages=(3, 4)),
+    'tm_resnet152': dict(block=Bottleneck, layers=(3, 8, 36, 3), tm_stages=(3, 4)),
+}
+_STAGES = (1, 2, 3, 4)
+
+
+class TemplateMatchingResNet(ResNet):
+    """timm ResNet with TemplateMatching blocks after the last residual block of chosen stages.
+
+    Inputs are B x in_chans x H x W; ``forward`` returns B x num_classes logits (head + class evidence),
+    or B x num_features pooled features when ``num_classes=0``.
+    """
+
+    def __init__(
+        self,
+        block: type,
+        layers: Tuple[int, ...],
+        num_classes: int = 1000,
+        tm_stages: Sequence[int] = (3, 4),
+        templates_per_class: int = 1,
+        template_classes: Optional[int] = None,
+        temperature_init: float = 16.0,
+        evidence_weight_init: float = 1.0,
+        evidence_pool: str = 'logsumexp',
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        """
+        Args:
+            block, layers, num_classes, **kwargs: as timm's ``ResNet``.
+            tm_stages: Stages (1-4) whose last residual block is followed by a TM block; empty for none.
+            templates_per_class: Templates m per class in each TM block.
+            template_classes: Classes the templates belong to when ``num_classes=0`` (an embedding model
+                keeps the templates it was trained with); must equal ``num_classes`` otherwise.
+            temperature_init: Initial cosine temperature of the TM blocks.
+            evidence_weight_init: Initial weight of each TM block's class evidence in the logits.
+            evidence_pool: Pooling of a class's templates: 'logsumexp' or 'max'.
+        """
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+        tm_stages = tuple(tm_stages)
+        bad = [s for s in tm_stages if s not in _STAGES]
+        if bad or len(set(tm_stages)) != len(tm_stages):
+            raise ValueError(f'tm_stages must be distinct stages from {_STAGES}, got {tm_stages}')
+        if templates_per_class < 1:
+            raise ValueError(f'templates_per_class must be >= 1, got {templates_per_class}')
+        if num_classes > 0 and template_classes not in (None, num_classes):
+            raise ValueError(
+                f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
+            )
+        super().__init__(block, layers, num_classes=num_classes, device=device, dtype=dtype, **kwargs)
+        self.tm_stages = tuple(sorted(tm_stages))
+        self.templates_per_class = templates_per_class
+        template_classes = num_classes or template_classes or 1000
+        for stage in self.tm_stages:
+            getattr(self, f'layer{stage}').append(
+                TemplateMatching(
+                    self.feature_info[stage]['num_chs'],
+                    template_classes,
+                    templates_per_class=templates_per_class,
+                    temperature_init=temperature_init,
+                    evidence_weight_init=evidence_weight_init,
+                    evidence_pool=evidence_pool,
+                    device=device,
+                    dtype=dtype,
+                )
+            )
+
+    @torch.jit.ignore
+    def tm_blocks(self) -> Dict[str, TemplateMatching]:
+        """The TM blocks by module name, e.g. ``{'layer3.2': TemplateMatching(...), ...}``."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, TemplateMatching)}
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Reset the head; for ``num_classes > 0`` the templates are rebuilt with it (one set per class).
+
+        ``num_classes=0`` keeps the templates: the model becomes an embedding extractor that still matches.
+        """
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+        super().reset_classifier(num_classes, global_pool)
+        if num_classes > 0:
+            for tm in self.tm_blocks().values():
+                tm.reset_classes(num_classes)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f'expected input of shape (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), got {list(x.shape)}'
+            )
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        return self.maxpool(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C_in x H x W -> B x num_features x H/32 x W/32 (TM blocks run, evidence is not computed)."""
+        x = self._stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    @torch.jit.ignore
+    def _forward_blocks_checkpointed(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        evidence = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for blk in stage:
+                if isinstance(blk, TemplateMatching):
+                    x, e = checkpoint(blk.forward_with_evidence, x)
+                    evidence.append(e)
+                else:
+                    x = checkpoint(blk, x)
+        return x, evidence
+
+    def forward_features_with_evidence(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Returns (B x num_features x h x w features, B x N summed weighted class evidence or None)."""
+        x = self._stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x, evidence = self._forward_blocks_checkpointed(x)
+        else:
+            # explicit per-stage loops: TorchScript unrolls each and resolves hasattr statically (its isinstance
+            # does not tell two TemplateMatching blocks of different widths apart reliably)
+            evidence: List[torch.Tensor] = []
+            for blk in self.layer1:
+                if hasattr(blk, 'forward_with_evidence'):
+                    x, e = blk.forward_with_evidence(x)
+                    evidence.append(e)
+                else:
+                    x = blk(x)
+            for blk in self.layer2:
+                if hasattr(blk, 'forward_with_evidence'):
+                    x, e = blk.forward_with_evidence(x)
+                    evidence.append(e)
+                else:
+                    x = blk(x)
+            for blk in self.layer3:
+                if hasattr(blk, 'forward_with_evidence'):
+                    x, e = blk.forward_with_evidence(x)
+                    evidence.append(e)
+                else:
+                    x = blk(x)
+            for blk in self.layer4:
+                if hasattr(blk, 'forward_with_evidence'):
+                    x, e = blk.forward_with_evidence(x)
+                    evidence.append(e)
+                else:
+                    x = blk(x)
+        if len(evidence) == 0:
+            return x, None
+        return x, torch.stack(evidence).sum(dim=0)
+
+    def forward_head(
+        self,
+        x: torch.Tensor,
+        pre_logits: bool = False,
+        class_evidence: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """B x C x h x w features -> B x num_classes logits (plus ``class_evidence``, B x N, when given).
+
+        ``model(x)`` equals ``forward_head(*forward_features_with_evidence(x))``; without ``class_evidence``
+        the logits are the linear head's alone.
+        """
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        if pre_logits:
+            return x
+        x = self.fc(x)
+        if class_evidence is None or self.num_classes == 0:
+            return x
+        return x + class_evidence.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x in_chans x H x W -> B x num_classes logits (B x num_features when num_classes=0)."""
+        if self.num_classes == 0:
+            return self.forward_head(self.forward_features(x))
+        x, evidence = self.forward_features_with_evidence(x)
+        return self.forward_head(x, class_evidence=evidence)
+
+
+def _tm_keys(model: nn.Module) -> List[str]:
+    prefixes = [n + '.' for n, m in model.named_modules() if isinstance(m, TemplateMatching)]
+    return [k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)]
+
+
+def convert_resnet_state_dict(
+    state_dict: Dict[str, torch.Tensor],
+    model: TemplateMatchingResNet,
+) -> Dict[str, torch.Tensor]:
+    """A timm ResNet (or tm_resnet) state_dict in, a state_dict for ``model`` out.
+
+    TM entries missing from ``state_dict``, or shaped for another class count / templates per class, are
+    taken from ``model``'s own (fresh) TM blocks. When the source has no TM blocks at all and its head
+    fits ``model`` (same class count), the embeddings and evidence weights are zeroed: ``model`` then
+    computes exactly what the source ResNet computes. Non-TM entries pass through unchanged, so a wrong
+    model is still reported by ``load_state_dict``.
+    """
+    if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
+        state_dict = state_dict['state_dict']
+    model_sd = model.state_dict()
+    tm_keys = _tm_keys(model)
+    source_has_tm = any(k.endswith('.templates.weight') for k in state_dict)
+    source_fc = state_dict.get('fc.weight')
+    same_head = source_fc is not None and model.num_classes > 0 and source_fc.shape[0] == model.num_classes
+    exact = not source_has_tm and (same_head or model.num_classes == 0)
+
+    out = dict(state_dict)
+    refreshed = []
+    for k in tm_keys:
+        src = state_dict.get(k)
+        if src is not None and src.shape == model_sd[k].shape:
+            continue
+        v = model_sd[k].detach().clone()
+        if exact and (k.endswith('.embed.weight') or k.endswith('.evidence_weight')):
+            v.zero_()
+        out[k] = v
+        if src is not None:
+            refreshed.append(k)
+    if refreshed:
+        _logger.warning(
+            'TM entries shaped for another class count or templates_per_class were re-initialized: '
+            + ', '.join(refreshed)
+        )
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: loads ResNet or tm_resnet weights (see convert_resnet_state_dict)."""
+    return convert_resnet_state_dict(state_dict, model)
+
+
+def _create_tm_resnet(variant: str, pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    kwargs = dict(TM_ARCHS[variant], **kwargs)
+
+    num_classes = kwargs.get('num_classes')
+    if num_classes is not None and num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+    if num_classes == 0 or kwargs.get('features_only', False):
+        # an embedding / feature model keeps the templates its weights were trained with: size them from the
+        # pretrained cfg and keep timm's loader from dropping them with the head
+        cfg = resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+        )
+        if num_classes == 0:
+            kwargs.setdefault('template_classes', cfg.num_classes or 1000)
+        overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+        overlay.setdefault('classifier', 'fc')
+        kwargs['pretrained_cfg_overlay'] = overlay
+
+    return build_model_with_cfg(
+        TemplateMatchingResNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **kwargs,
+    )
+
+
+def _classifier_names(variant: str) -> Tuple[str, ...]:
+    arch = TM_ARCHS[variant]
+    return ('fc',) + tuple(f'layer{s}.{arch["layers"][s - 1]}.templates' for s in arch['tm_stages'])
+
+
+def _cfg(variant: str, **kwargs) -> Dict[str, Any]:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1',
+        'classifier': _classifier_names(variant),
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2210.00992',
+        **kwargs,
+    }
+
+
+def _from_resnet_cfg(variant: str, resnet_tag: str) -> Dict[str, Any]:
+    """Pretrained cfg for timm's ``resnetX.<tag>`` ImageNet weights loaded into ``tm_resnetX`` (TM at identity)."""
+    src = get_pretrained_cfg(f'{variant[3:]}.{resnet_tag}')
+    return _cfg(
+        variant,
+        hf_hub_id=src.hf_hub_id,
+        input_size=src.input_size,
+        pool_size=src.pool_size,
+        crop_pct=src.crop_pct,
+        interpolation=src.interpolation,
+        test_input_size=src.test_input_size,
+        test_crop_pct=src.test_crop_pct,
+        license=src.license,
+        origin_url=src.origin_url,
+        notes=(f'timm {variant[3:]}.{resnet_tag} weights, TM blocks at identity (exact start for fine-tuning)',),
+    )
+
+
+# timm's default ImageNet tag for each ResNet, plus torchvision's where timm hosts it
+_RESNET_TAGS = {
+    'tm_resnet18': ('a1_in1k', 'tv_in1k'),
+    'tm_resnet26': ('bt_in1k',),
+    'tm_resnet34': ('a1_in1k', 'tv_in1k'),
+    'tm_resnet50': ('a1_in1k', 'tv_in1k'),
+    'tm_resnet101': ('a1h_in1k', 'tv_in1k'),
+    'tm_resnet152': ('a1h_in1k', 'tv_in1k'),
+}
+
+default_cfgs = generate_default_cfgs(
+    {f'{variant}.{tag}': _from_resnet_cfg(variant, tag) for variant, tags in _RESNET_TAGS.items() for tag in tags}
+)
+
+
+@register_model
+def tm_resnet18(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-18 with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet26(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-26 with a TM block after stage 4."""
+    return _create_tm_resnet('tm_resnet26', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet34(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-34 with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet34', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet50(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-50 with a TM block after stage 4."""
+    return _create_tm_resnet('tm_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet101(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-101 with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet101', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet152(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-152 with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet152', pretrained, **kwargs)
