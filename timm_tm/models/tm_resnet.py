@@ -41,6 +41,8 @@ TM_ARCHS: Dict[str, Dict[str, Any]] = {
     'tm_resnet50': dict(block=Bottleneck, layers=(3, 4, 6, 3), tm_stages=(4,)),
     'tm_resnet101': dict(block=Bottleneck, layers=(3, 4, 23, 3), tm_stages=(3, 4)),
     'tm_resnet152': dict(block=Bottleneck, layers=(3, 8, 36, 3), tm_stages=(3, 4)),
+    # small-input variant (3x3 stem, no max-pool) for 32-64 px datasets; its baseline is tm_stages=()
+    'tm_resnet18_small': dict(block=BasicBlock, layers=(2, 2, 2, 2), tm_stages=(3, 4), small_stem=True),
 }
 _STAGES = (1, 2, 3, 4)
 
@@ -63,6 +65,7 @@ class TemplateMatchingResNet(ResNet):
         temperature_init: float = 16.0,
         evidence_weight_init: float = 1.0,
         evidence_pool: str = 'logsumexp',
+        small_stem: bool = False,
         device=None,
         dtype=None,
         **kwargs,
@@ -77,6 +80,7 @@ class TemplateMatchingResNet(ResNet):
             temperature_init: Initial cosine temperature of the TM blocks.
             evidence_weight_init: Initial weight of each TM block's class evidence in the logits.
             evidence_pool: Pooling of a class's templates: 'logsumexp' or 'max'.
+            small_stem: A 3x3 stride-1 stem conv and no max-pool (output stride 8) for 32-64 px images.
         """
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0, got {num_classes}')
@@ -91,6 +95,18 @@ class TemplateMatchingResNet(ResNet):
                 f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
             )
         super().__init__(block, layers, num_classes=num_classes, device=device, dtype=dtype, **kwargs)
+        if small_stem:
+            if 'stem_type' in kwargs and kwargs['stem_type']:
+                raise ValueError('small_stem replaces the stem: do not pass stem_type with it')
+            stem_width = self.conv1.out_channels
+            self.conv1 = nn.Conv2d(
+                self.in_chans, stem_width, 3, stride=1, padding=1, bias=False, device=device, dtype=dtype
+            )
+            nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+            self.maxpool = nn.Identity()
+            for info in self.feature_info:
+                info['reduction'] = max(1, info['reduction'] // 4)
+        self.small_stem = small_stem
         self.tm_stages = tuple(sorted(tm_stages))
         self.templates_per_class = templates_per_class
         template_classes = num_classes or template_classes or 1000
@@ -360,7 +376,12 @@ _RESNET_TAGS = {
 }
 
 default_cfgs = generate_default_cfgs(
-    {f'{variant}.{tag}': _from_resnet_cfg(variant, tag) for variant, tags in _RESNET_TAGS.items() for tag in tags}
+    {
+        **{
+            f'{variant}.{tag}': _from_resnet_cfg(variant, tag) for variant, tags in _RESNET_TAGS.items() for tag in tags
+        },
+        'tm_resnet18_small': _cfg('tm_resnet18_small', input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0),
+    }
 )
 
 
@@ -398,3 +419,9 @@ def tm_resnet101(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
 def tm_resnet152(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
     """ResNet-152 with TM blocks after stages 3 and 4."""
     return _create_tm_resnet('tm_resnet152', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet18_small(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-18 for 32-64 px images (3x3 stem, no max-pool) with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet18_small', pretrained, **kwargs)
