@@ -1,0 +1,543 @@
+"""``timm-tm visualize``: draw what the templates of a TM model match, one PNG per image.
+
+Each picture has a row per TemplateMatching block (e.g. ``layer3.1``, ``layer4.1``):
+
+* the input image as the model sees it (timm's eval preprocessing for the model: ``resolve_data_config`` +
+  ``create_transform``), titled with the model's prediction;
+* for each of the ``--classes`` top predicted classes, that class's matching map (the block's per-region class
+  map, ``temperature * cos``) upsampled to the image and overlaid on it, with one colour bar per row;
+* the best-matching class of each region (argmax over classes), with a legend of class names.
+
+Output names: with one image the picture is written to ``--out``; with several, ``--out`` is a folder when it
+exists or ends with ``/`` (``<out>/<image stem>.png``), otherwise its stem is a prefix
+(``--out maps.png`` writes ``maps_<image stem>.png``).
+
+Label names come from ``--label-names FILE`` (one per line), else the checkpoint (a ``label_names`` entry, or the
+class folders / ``--class-map`` of the train.py run that wrote it, when still on disk), else the pretrained cfg
+(``label_names``, or timm's ImageNet class descriptions for ImageNet-sized ``--pretrained`` heads), else indices.
+"""
+
+import argparse
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm_tm.class_maps import BlockClassMap, compute_class_maps_and_output, find_tm_blocks
+
+__all__ = [
+    'BestClassPanel',
+    'read_checkpoint',
+    'render_image',
+    'output_paths',
+    'load_model',
+    'resolve_label_names',
+    'plot_class_maps',
+    'figure_size',
+    'main',
+]
+
+PANEL_INCHES = 2.2  # side of one image panel
+TITLE_INCHES = 0.55  # room for a row's titles
+COLORBAR_WIDTH = 0.07  # colour bar width, in panels
+COLORBAR_GAP = 0.3  # room for the colour bar's tick labels, in panels
+LEGEND_WIDTH = 0.9  # legend width, in panels
+CELL_LABELS_UP_TO = 64  # regions in a map whose best class is also written in each region
+MAX_LEGEND = 20  # classes named in a legend (by area); the rest are drawn in grey as 'other'
+OTHER_COLOR = (0.6, 0.6, 0.6)
+
+
+class BestClassPanel(NamedTuple):
+    """Where a block's best-class map was drawn: its axes, the h x w class indices, and their colours."""
+
+    axes: Any
+    best_class: np.ndarray
+    palette: Dict[int, Tuple[float, float, float]]
+
+
+class VisualizeError(Exception):
+    """A bad input (file, model, checkpoint) reported as one line."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise VisualizeError("matplotlib is needed for pictures: pip install 'timm-tm[examples]'") from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model and checkpoint
+
+
+def read_checkpoint(path: str, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """A timm train.py checkpoint (or a bare state_dict, or a .safetensors file) -> (state_dict, metadata).
+
+    Read with ``weights_only=True`` (``argparse.Namespace`` allowed, as train.py stores its args in it). The
+    metadata has ``arch``, ``args`` (a dict) and ``label_names`` when the file has them. ``use_ema`` picks
+    ``state_dict_ema`` when present.
+    """
+    from timm.models import clean_state_dict
+
+    if not os.path.isfile(path):
+        raise VisualizeError(f'checkpoint not found: {path}')
+    try:
+        if path.endswith('.safetensors'):
+            import safetensors.torch
+
+            return safetensors.torch.load_file(path), {}
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise VisualizeError(f'{path}: not a readable PyTorch checkpoint ({_one_line(e)})') from e
+    if not isinstance(ckpt, dict):
+        raise VisualizeError(f'{path}: expected a state_dict or a train.py checkpoint, got {type(ckpt).__name__}')
+    meta: Dict[str, Any] = {}
+    for key in ('state_dict_ema', 'state_dict', 'model') if use_ema else ('state_dict', 'model'):
+        if isinstance(ckpt.get(key), dict):
+            state_dict = ckpt[key]
+            meta = {k: v for k, v in ckpt.items() if k in ('arch', 'label_names')}
+            args = ckpt.get('args')
+            meta['args'] = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+            break
+    else:
+        state_dict = ckpt
+    if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise VisualizeError(f'{path}: no state_dict of tensors in this file')
+    return clean_state_dict(state_dict), meta
+
+
+def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)``, with a one-line summary of what does not fit instead of timm's page."""
+    model_sd = model.state_dict()
+    missing = [k for k in model_sd if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in model_sd]
+    shapes = [
+        f'{k} {list(state_dict[k].shape)} vs {list(v.shape)}'
+        for k, v in model_sd.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing keys (e.g. {missing[0]})')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected keys (e.g. {unexpected[0]})')
+        if shapes:
+            parts.append(f'{len(shapes)} shape mismatches (e.g. {shapes[0]})')
+        raise VisualizeError(f'{what}: ' + ', '.join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model(
+    model_name: Optional[str],
+    checkpoint: Optional[str] = None,
+    pretrained: bool = False,
+    num_classes: Optional[int] = None,
+    use_ema: bool = False,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build ``model_name`` (default: the checkpoint's ``arch``) with weights; returns (model in eval, metadata).
+
+    From a train.py checkpoint, ``num_classes`` (unless given), ``model_kwargs`` and ``in_chans`` follow the
+    training run, and ``templates_per_class`` the stored templates, so that the state_dict loads strictly.
+    """
+    import timm
+
+    import timm_tm  # noqa: F401  (registers the tm_* models)
+
+    meta: Dict[str, Any] = {}
+    state_dict = None
+    kwargs: Dict[str, Any] = {}
+    if checkpoint:
+        state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
+        args = meta.get('args', {})
+        model_name = model_name or meta.get('arch')
+        if not model_name:
+            raise VisualizeError(f'{checkpoint} does not name its model: pass --model')
+        kwargs.update(args.get('model_kwargs') or {})
+        if args.get('in_chans'):
+            kwargs['in_chans'] = args['in_chans']
+        if num_classes is None:
+            num_classes = args.get('num_classes')
+            fc = state_dict.get('fc.weight')
+            if num_classes is None and fc is not None and fc.ndim == 2:
+                num_classes = fc.shape[0]
+        templates = [v for k, v in state_dict.items() if k.endswith('.templates.weight')]
+        if templates and num_classes and 'templates_per_class' not in kwargs:
+            m = templates[0].shape[0] // num_classes
+            if m > 1:
+                kwargs['templates_per_class'] = m
+    if not model_name:
+        raise VisualizeError('--model is required (or a --checkpoint that names its model)')
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained and not checkpoint, **kwargs)
+    except Exception as e:  # unknown model, bad kwargs, unreachable Hub: one line, whatever timm raised
+        raise VisualizeError(f'cannot create model {model_name!r}: {_one_line(e)}') from e
+    if state_dict is not None:
+        arch = meta.get('arch')
+        what = f'{checkpoint} does not fit model {model_name!r}' + (f' (it was saved from {arch!r})' if arch else '')
+        _load_state_dict_or_explain(model, state_dict, what)
+    try:
+        find_tm_blocks(model)
+    except ValueError as e:
+        raise VisualizeError(str(e)) from e
+    return model.eval(), meta
+
+
+def _read_names(path: str) -> List[str]:
+    with open(path, encoding='utf-8') as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _names_from_train_args(args: Dict[str, Any]) -> Optional[List[str]]:
+    """The class names a train.py run used, when its class map or ImageNet-layout folder is still on disk."""
+    from timm.utils.misc import natural_key
+
+    class_map = args.get('class_map')
+    if class_map and os.path.isfile(class_map):
+        from timm.data.readers.class_map import load_class_map
+
+        class_to_idx = load_class_map(class_map)
+        return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    data_dir, dataset = args.get('data_dir') or args.get('data'), args.get('dataset') or ''
+    if data_dir and dataset in ('', 'folder', 'imagefolder', 'image_folder'):
+        folder = os.path.join(data_dir, args.get('train_split') or 'train')
+        if os.path.isdir(folder):
+            # timm's ImageFolder reader orders the class folders by natural_key
+            return sorted((d.name for d in os.scandir(folder) if d.is_dir()), key=natural_key)
+    return None
+
+
+def resolve_label_names(
+    model: nn.Module,
+    num_classes: int,
+    meta: Optional[Dict[str, Any]] = None,
+    label_names_file: Optional[str] = None,
+    imagenet: bool = False,
+) -> List[str]:
+    """``num_classes`` names: the file, the checkpoint, the pretrained cfg, ImageNet's (``imagenet``), or indices."""
+    meta = meta or {}
+    candidates = []
+    if label_names_file:
+        try:
+            candidates.append(('--label-names', _read_names(label_names_file)))
+        except OSError as e:
+            raise VisualizeError(f'--label-names: cannot read {label_names_file} ({_one_line(e)})') from e
+    if meta.get('label_names'):
+        candidates.append(('checkpoint', list(meta['label_names'])))
+    if meta.get('args'):
+        candidates.append(('training data', _names_from_train_args(meta['args'])))
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if cfg.get('label_names'):
+        names = list(cfg['label_names'])
+        descriptions = cfg.get('label_descriptions') or {}
+        candidates.append(('pretrained cfg', [descriptions.get(n, n) for n in names]))
+    if imagenet:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            # the first lemma of each description ('tench', not 'tench, Tinca tinca'): legends stay short
+            names = [info.index_to_description(i).split(', ')[0] for i in range(info.num_classes())]
+            candidates.append(('ImageNet', names))
+    for source, names in candidates:
+        if names is None:
+            continue
+        if len(names) == num_classes:
+            return [str(n) for n in names]
+        print(
+            f'timm-tm visualize: ignoring {len(names)} label names from {source} for {num_classes} classes',
+            file=sys.stderr,
+        )
+    return [str(i) for i in range(num_classes)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# picture
+
+
+def figure_size(num_blocks: int, top_k: int) -> Tuple[float, float]:
+    """(width, height) in inches of the picture for ``num_blocks`` TM blocks and ``top_k`` overlays per row."""
+    width = PANEL_INCHES * sum(_width_ratios(top_k)) + 0.8
+    height = (PANEL_INCHES + TITLE_INCHES) * num_blocks + 0.4
+    return width, height
+
+
+def _width_ratios(top_k: int) -> List[float]:
+    # image, top_k overlays, colour bar, gap, best-class map, legend
+    return [1.0] * (1 + top_k) + [COLORBAR_WIDTH, COLORBAR_GAP, 1.0, LEGEND_WIDTH]
+
+
+def class_palette(best_class: np.ndarray, num_classes: int) -> Dict[int, Tuple[float, float, float]]:
+    """Colours of the classes in an H x W best-class map: the ``MAX_LEGEND`` largest get distinct colours
+    (tab10 / tab20, fixed per class index when the model has that few classes), the rest share ``OTHER_COLOR``."""
+    from matplotlib import colormaps
+
+    classes, counts = np.unique(best_class, return_counts=True)
+    by_area = [int(c) for c in classes[np.argsort(-counts, kind='stable')]]
+    if num_classes <= 20:
+        cmap = colormaps['tab10' if num_classes <= 10 else 'tab20']
+        return {c: tuple(cmap(c)[:3]) for c in by_area}
+    cmap = colormaps['tab20']
+    return {c: (tuple(cmap(i)[:3]) if i < MAX_LEGEND else OTHER_COLOR) for i, c in enumerate(by_area)}
+
+
+def _to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """C x H x W normalized model input -> H x W x 3 (or H x W) floats in [0, 1]."""
+    c = image.shape[0]
+    mean_t = torch.tensor(mean[:c], dtype=image.dtype).view(-1, 1, 1)
+    std_t = torch.tensor(std[:c], dtype=image.dtype).view(-1, 1, 1)
+    img = (image.float().cpu() * std_t + mean_t).clamp(0, 1)
+    return img[0].numpy() if c == 1 else img[:3].permute(1, 2, 0).numpy()
+
+
+def plot_class_maps(
+    image: np.ndarray,
+    maps: Dict[str, BlockClassMap],
+    label_names: Sequence[str],
+    probs: Optional[torch.Tensor] = None,
+    top_k: int = 3,
+    title: str = '',
+    dpi: int = 100,
+):
+    """One image's picture; returns (matplotlib Figure, ``{block name: BestClassPanel}``).
+
+    Args:
+        image: H x W x 3 (or H x W) floats in [0, 1], the model's input.
+        maps: ``{block name: BlockClassMap}`` for this image (batch of 1).
+        label_names: N class names.
+        probs: N class probabilities of the model's prediction; the top ``top_k`` classes are drawn (by default
+            the classes with the most class evidence in each block).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    num_classes = len(label_names)
+    top_k = max(1, min(top_k, num_classes))
+    fig = Figure(figsize=figure_size(len(maps), top_k), dpi=dpi)
+    ratios = _width_ratios(top_k)
+    grid = fig.add_gridspec(
+        len(maps),
+        len(ratios),
+        width_ratios=ratios,
+        left=0.03,
+        right=0.99,
+        top=1 - 0.6 / fig.get_figheight(),
+        bottom=0.02,
+        wspace=0.12,
+        hspace=0.35,
+    )
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va='top')
+    img_h, img_w = image.shape[:2]
+    gray = image if image.ndim == 2 else image.mean(axis=2)
+    image_kw = dict(cmap='gray', vmin=0, vmax=1) if image.ndim == 2 else {}
+    panels = {}
+    for row, (name, block) in enumerate(maps.items()):
+        class_map = block.class_map[0].float().cpu()  # N x h x w
+        h, w = class_map.shape[-2:]
+        ax = fig.add_subplot(grid[row, 0])
+        ax.imshow(image, **image_kw)
+        ax.set_title('input', fontsize=9)
+        ax.set_ylabel(f'{name}\n{h} x {w} regions', fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+        ranking = probs if probs is not None else block.class_evidence[0].float().cpu()
+        top = ranking.topk(top_k).indices.tolist()
+        upsampled = F.interpolate(class_map[top][None], size=(img_h, img_w), mode='bilinear', align_corners=False)[0]
+        vmin, vmax = float(upsampled.min()), float(upsampled.max())
+        for j, c in enumerate(top):
+            ax = fig.add_subplot(grid[row, 1 + j])
+            ax.imshow(gray, cmap='gray', vmin=0, vmax=1.6)  # dimmed, so that the heat reads over it
+            heat = ax.imshow(upsampled[j].numpy(), cmap='inferno', alpha=0.7, vmin=vmin, vmax=vmax)
+            score = f'p={float(probs[c]):.2f}' if probs is not None else f'e={float(block.class_evidence[0, c]):.1f}'
+            ax.set_title(f'{label_names[c]}  ({score})', fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        cax = fig.add_subplot(grid[row, 1 + top_k])
+        fig.colorbar(ScalarMappable(norm=heat.norm, cmap=heat.cmap), cax=cax)  # opaque, unlike the overlay
+        cax.tick_params(labelsize=7)
+        cax.set_ylabel('match score (temperature x cos)', fontsize=7)
+
+        best = block.best_class[0].cpu().numpy()
+        palette = class_palette(best, num_classes)
+        rgb = np.array([[palette[int(c)] for c in line] for line in best], dtype=np.float32)
+        ax = fig.add_subplot(grid[row, 3 + top_k])
+        # the h x w map stretched over the image's extent, one flat colour per region
+        ax.imshow(rgb, interpolation='nearest', extent=(-0.5, img_w - 0.5, img_h - 0.5, -0.5))
+        ax.set_xlim(-0.5, img_w - 0.5)
+        ax.set_ylim(img_h - 0.5, -0.5)
+        ax.set_title('best-matching class', fontsize=9)
+        if h * w <= CELL_LABELS_UP_TO and max(len(label_names[c]) for c in palette) <= 3:
+            # short names fit in the regions; written a little below the centre, away from a region's corner
+            for (i, j), c in np.ndenumerate(best):
+                x, y = (j + 0.5) * img_w / w - 0.5, (i + 0.6) * img_h / h - 0.5
+                ax.text(x, y, label_names[c], ha='center', va='center', fontsize=8, color='white')
+        ax.set_xticks([])
+        ax.set_yticks([])
+        panels[name] = BestClassPanel(ax, best, palette)
+
+        lax = fig.add_subplot(grid[row, 4 + top_k])
+        lax.axis('off')
+        counts = {c: int((best == c).sum()) for c in palette}
+        named = [c for c in palette if palette[c] != OTHER_COLOR]
+        handles = [Patch(color=palette[c], label=f'{label_names[c]} ({counts[c]})') for c in named]
+        rest = sum(counts[c] for c in palette if palette[c] == OTHER_COLOR)
+        if rest:
+            handles.append(Patch(color=OTHER_COLOR, label=f'other ({rest})'))
+        lax.legend(
+            handles=handles, loc='center left', fontsize=8, frameon=False, title='class (regions)', title_fontsize=8
+        )
+    return fig, panels
+
+
+def _save_atomic(fig, path: Path, dpi: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix='.png')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            fig.savefig(f, format='png', dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a picture is not
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def output_paths(out: str, images: Sequence[str]) -> List[Path]:
+    """Where each image's picture goes (see the module docstring)."""
+    out_path = Path(out)
+    if len(images) == 1 and not (out.endswith(('/', os.sep)) or out_path.is_dir()):
+        return [out_path]
+    folder_mode = out.endswith(('/', os.sep)) or out_path.is_dir()
+    paths, seen = [], set()
+    for image in images:
+        stem = Path(image).stem
+        base = out_path / stem if folder_mode else out_path.with_name(f'{out_path.stem}_{stem}')
+        candidate, i = base.with_suffix('.png'), 2
+        while candidate in seen:
+            candidate = base.with_name(f'{base.name}_{i}').with_suffix('.png')
+            i += 1
+        seen.add(candidate)
+        paths.append(candidate)
+    return paths
+
+
+def render_image(
+    model: nn.Module,
+    transform,
+    image_path: str,
+    label_names: Sequence[str],
+    data_config: Dict[str, Any],
+    top_k: int = 3,
+    dpi: int = 100,
+    device: str = 'cpu',
+):
+    """Open, preprocess and draw one image.
+
+    Returns (Figure, ``{block: BlockClassMap}`` as compute_class_maps gives them, ``{block: BestClassPanel}``).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as im:
+            im = im.convert('RGB' if data_config['input_size'][0] == 3 else 'L')
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise VisualizeError(f'{image_path}: cannot read image ({_one_line(e)})') from e
+    x = transform(im).unsqueeze(0).to(device)
+    output, maps = compute_class_maps_and_output(model, x)
+    probs = None
+    if isinstance(output, torch.Tensor) and output.ndim == 2 and output.shape[1] == len(label_names):
+        probs = output[0].float().softmax(-1).cpu()
+    title = Path(image_path).name
+    if probs is not None:
+        c = int(probs.argmax())
+        title += f'   prediction: {label_names[c]} (p={float(probs[c]):.2f})'
+    image = _to_display(x[0], data_config['mean'], data_config['std'])
+    fig, panels = plot_class_maps(image, maps, label_names, probs=probs, top_k=top_k, title=title, dpi=dpi)
+    return fig, maps, panels
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='timm-tm visualize',
+        description='Draw the per-region class maps of a TM model on images, one PNG per image.',
+        epilog='With several images, --out is a folder when it exists or ends with "/" (<out>/<image stem>.png); '
+        'otherwise its stem is a prefix (--out maps.png writes maps_<image stem>.png).',
+    )
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    p.add_argument('--model', default=None, help="timm model name, e.g. tm_resnet50 (default: the checkpoint's)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument('--checkpoint', default=None, metavar='FILE', help='timm train.py checkpoint or state_dict')
+    weights.add_argument('--pretrained', action='store_true', help="the model's pretrained weights (timm / Hub)")
+    p.add_argument('--use-ema', action='store_true', help="the checkpoint's EMA weights (state_dict_ema)")
+    p.add_argument('--num-classes', type=int, default=None, help="classes of the model (default: the checkpoint's)")
+    p.add_argument('--classes', type=int, default=3, metavar='N', help='top predicted classes to overlay (default 3)')
+    p.add_argument('--label-names', default=None, metavar='FILE', help='class names, one per line')
+    p.add_argument('--out', required=True, help='output PNG (or folder / prefix with several images)')
+    p.add_argument('--dpi', type=int, default=100, help='resolution of the PNG (default 100)')
+    p.add_argument('--device', default='cpu', help='torch device (default cpu)')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    prog = 'timm-tm visualize'
+    if args.classes < 1:
+        print(f'{prog}: --classes must be >= 1, got {args.classes}', file=sys.stderr)
+        return 2
+    try:
+        _require_matplotlib()
+        from timm.data import create_transform, resolve_data_config
+
+        model, meta = load_model(args.model, args.checkpoint, args.pretrained, args.num_classes, args.use_ema)
+        model.to(args.device)
+        num_classes = next(iter(find_tm_blocks(model).values())).num_classes
+        label_names = resolve_label_names(model, num_classes, meta, args.label_names, imagenet=args.pretrained)
+        # the checkpoint's train args (input size, mean, std, crop) where set, else the model's pretrained cfg
+        train_args = {k: v for k, v in meta.get('args', {}).items() if v is not None}
+        data_config = resolve_data_config(args=train_args, model=model)
+        transform = create_transform(**data_config, is_training=False)
+    except VisualizeError as e:
+        print(f'{prog}: {e}', file=sys.stderr)
+        return 2
+    if not args.checkpoint and not args.pretrained:
+        print(
+            f'{prog}: no --checkpoint or --pretrained: random weights, the maps show nothing learned', file=sys.stderr
+        )
+
+    failed = 0
+    for image_path, out_path in zip(args.images, output_paths(args.out, args.images)):
+        try:
+            fig, *_ = render_image(
+                model, transform, image_path, label_names, data_config, args.classes, args.dpi, args.device
+            )
+            _save_atomic(fig, out_path, args.dpi)
+            print(f'{image_path} -> {out_path}')
+        except VisualizeError as e:
+            print(f'{prog}: {e}', file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
