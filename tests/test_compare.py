@@ -1,0 +1,136 @@
+"""``timm-tm compare``: end to end on a tiny real subset (scikit-learn digits), resume, and clear errors."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from timm_tm.compare import build_model, build_parser, main, parse_variant
+
+pytest.importorskip('sklearn')
+
+# a tiny, fast recipe on real digits: every test trains at most a few batches
+TINY = [
+    '--dataset', 'digits', '--train-size', '64', '--val-size', '40', '--img-size', '8', '--channels', '8,16,16,16',
+    '--layers', '1,1,1,1', '--epochs', '1', '--warmup-epochs', '0', '--batch-size', '32', '--threads', '1',
+]  # fmt: skip
+
+
+def _table_row(text: str, variant: str) -> list:
+    """Cells of the Markdown table row of ``variant`` in ``text``."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if cells and cells[0] == variant:
+            return cells
+    raise AssertionError(f'no table row for {variant!r} in:\n{text}')
+
+
+def test_end_to_end_numbers_match_what_was_printed(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main(TINY + ['--seeds', '0', '1', '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / 'results.json').read_text())
+    runs = {(r['variant'], r['seed']): r for r in result['runs']}
+    assert sorted(runs) == [('baseline', 0), ('baseline', 1), ('tm', 0), ('tm', 1)]
+    md = (out / 'results.md').read_text()
+    for variant in ('baseline', 'tm'):
+        seeds = [runs[(variant, s)]['top1'] for s in (0, 1)]
+        # top-1 is a count of correct images out of the 40 val images
+        assert all(abs(t * 40 / 100 - round(t * 40 / 100)) < 1e-6 for t in seeds)
+        per_seed = ', '.join(f'{t:.2f}' for t in seeds)
+        assert _table_row(printed, variant)[3] == per_seed
+        assert _table_row(md, variant)[3] == per_seed
+        mean = sum(seeds) / 2
+        assert re.search(rf'^\s*{variant} top-1: {mean:.2f} ± ', printed, re.M), printed
+    diffs = [runs[('tm', s)]['top1'] - runs[('baseline', s)]['top1'] for s in (0, 1)]
+    assert _table_row(md, 'tm')[5] == ', '.join(f'{d:+.2f}' for d in diffs)
+    # the baseline has no TM block; the TM model has its default two, with their final evidence weights
+    assert runs[('baseline', 0)]['evidence_weight'] == {}
+    assert len(runs[('tm', 0)]['evidence_weight']) == 2
+    assert (out / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_resume_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / 'run'
+    args = TINY + ['--variants', 'baseline', '--out', str(out)]
+    assert main(args + ['--seeds', '0']) == 0
+    first = json.loads((out / 'results.json').read_text())['runs']
+    with pytest.raises(SystemExit):  # an existing folder is never overwritten silently
+        main(args + ['--seeds', '0', '1'])
+    assert '--resume' in capsys.readouterr().err
+    assert main(args + ['--seeds', '0', '1', '--resume']) == 0
+    assert '1 finished run(s) kept, 1 to go' in capsys.readouterr().out
+    result = json.loads((out / 'results.json').read_text())
+    assert '--resume' not in result['config']['command']  # the folder keeps the command that started it
+    runs = result['runs']
+    assert runs[0] == first[0]  # seed 0 was not retrained (its timing would differ)
+    assert [(r['variant'], r['seed']) for r in runs] == [('baseline', 0), ('baseline', 1)]
+    with pytest.raises(SystemExit):  # another recipe cannot resume this folder
+        main(args + ['--seeds', '0', '1', '--resume', '--epochs', '2'])
+    assert 'epochs' in capsys.readouterr().err
+
+
+def test_image_folder_and_frozen_guidance(tmp_path):
+    """An ImageFolder dataset goes through timm's create_dataset / create_loader; noguide keeps w at 0."""
+    from timm_tm.data import load_digits_arrays, split_arrays, write_image_folder
+
+    x, y = load_digits_arrays()
+    splits = split_arrays(x[:120], y[:120], val_fraction=0.25, seed=0)
+    write_image_folder(str(tmp_path / 'digits'), splits, size=16)
+    out = tmp_path / 'run'
+    args = TINY[4:] + ['--data-dir', str(tmp_path / 'digits'), '--img-size', '16', '--workers', '0']
+    assert main(args + ['--seeds', '0', '--variants', 'tm-noguide', '--out', str(out)]) == 0
+    (run,) = json.loads((out / 'results.json').read_text())['runs']
+    assert run['num_train'] == len(splits['train'][1]) and run['num_val'] == len(splits['val'][1])
+    assert set(run['evidence_weight'].values()) == {0.0}
+
+
+def test_variants_share_initial_weights():
+    """For one seed, baseline and TM variants start from the same backbone and head: differences are paired."""
+    args = build_parser().parse_args(TINY)
+    base = build_model(parse_variant('baseline'), args, 10, 1, seed=3).state_dict()
+    tm = build_model(parse_variant('tm-m2-s234'), args, 10, 1, seed=3)
+    tm_sd = tm.state_dict()
+    assert len(tm.tm_blocks()) == 3
+    for k, v in base.items():
+        torch.testing.assert_close(tm_sd[k], v, msg=k)
+    other = build_model(parse_variant('baseline'), args, 10, 1, seed=4).state_dict()
+    assert not torch.equal(other['conv1.weight'], base['conv1.weight'])
+
+
+def test_parse_variant():
+    v = parse_variant('tm-m4-s34-noguide-t30')
+    assert v.model_kwargs == dict(
+        templates_per_class=4, tm_stages=(3, 4), evidence_weight_init=0.0, temperature_init=30.0
+    )
+    assert v.freeze_evidence_weight
+    assert parse_variant('baseline').is_baseline
+    with pytest.raises(ValueError, match='tm-q7'):
+        parse_variant('tm-q7')
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--data-dir', '/nonexistent/folder'], '--data-dir'),
+        (['--variants', 'baseline', 'tm-zz'], "'zz'"),
+        (['--variants', 'resnet'], "unknown variant 'resnet'"),
+        (['--model', 'resnet18'], 'not a tm_* model'),
+        (['--dataset', 'cluttered-mnist'], '--mnist-npz'),
+        (['--mnist-npz', '/nonexistent.npz'], '/nonexistent.npz'),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ['--out', str(tmp_path / 'never')])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'never').exists()
+
+
+def test_data_dir_without_val_split(tmp_path, capsys):
+    (tmp_path / 'train' / 'a').mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        main(['--data-dir', str(tmp_path)])
+    assert 'missing: val/' in capsys.readouterr().err
