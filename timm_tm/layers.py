@@ -11,15 +11,28 @@ stage of any CNN with NCHW features.
 """
 
 import math
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_notrace_function
 
 __all__ = ['TemplateMatching', 'EVIDENCE_POOLS']
 
 EVIDENCE_POOLS = ('logsumexp', 'max')
+
+
+@register_notrace_function  # FX (timm's feature extraction) cannot trace a shape check: keep it a leaf call
+def check_input_shape(x: torch.Tensor, channels: int, owner: str, param: str) -> None:
+    """Raise a ValueError naming the expected shape unless ``x`` is B x ``channels`` x H x W."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f'{owner} expects input of shape (B, {channels}, H, W) ({param}={channels}), got {list(x.shape)}'
+        )
+
+
+torch.fx.wrap('check_input_shape')  # a leaf wherever it is called from, under any FX tracer
 
 
 class TemplateMatching(nn.Module):
@@ -129,16 +142,17 @@ class TemplateMatching(nn.Module):
 
     def match(self, x: torch.Tensor) -> torch.Tensor:
         """Matching scores, B x K x H x W: temperature * cosine(region, template)."""
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f'TemplateMatching expects input of shape (B, {self.channels}, H, W), got {list(x.shape)}')
+        check_input_shape(x, self.channels, 'TemplateMatching', 'channels')
         weight = self.templates.weight
         templates = F.normalize(weight.flatten(1), dim=1, eps=self.eps).reshape(weight.shape).to(x.dtype)
-        dots = F.conv2d(x, templates)
-        # the region norm and the scale are taken in fp32 so that scores stay bounded by the temperature,
-        # and finite, under fp16 / bf16 (a sum of squares of 2048 channels overflows fp16 easily)
+        # the region norm is taken in fp32 (a sum of squares of 2048 channels overflows fp16 easily), and the regions
+        # are scaled to norm temperature before the conv, not its output after: the conv then sees bounded vectors
+        # under fp16 / bf16, an all-zero region's gradient is 0, not 0 * (huge 1 / eps scale overflowing fp16) = NaN,
+        # and the conv output already is the score (no pass over, and no saved copy of, the B x K x H x W dots).
+        # For fp32 input the final `.to` returns its input as is (no copy).
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(self.eps)
-        scale = self.log_temperature.float().exp() / norm
-        return (dots.float() * scale).to(dots.dtype)
+        scale = self.log_temperature.float().exp() / norm  # B x 1 x H x W
+        return F.conv2d((x * scale).to(x.dtype), templates)
 
     def pool_classes(self, scores: torch.Tensor) -> torch.Tensor:
         """Per-region class map, B x N x H x W: a class's m template scores pooled per region."""
@@ -152,22 +166,30 @@ class TemplateMatching(nn.Module):
         # soft maximum; minus log(m) so that m equal scores pool to that score, whatever m
         return torch.logsumexp(grouped.float(), dim=2).sub(math.log(m)).to(scores.dtype)
 
+    @torch.jit.export
     def forward_with_evidence(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (B x C x H x W features, B x N weighted class evidence)."""
-        scores = self.match(x)
-        y = x + self.embed(F.relu(self.norm(scores)))
-        evidence = self.pool_classes(scores).mean(dim=(2, 3))
-        return y, evidence * self.evidence_weight.to(evidence.dtype)
+        evidence: List[torch.Tensor] = []
+        y = self.forward(x, evidence)
+        return y, evidence[0]
 
+    @torch.jit.export
     def forward_class_map(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (B x C x H x W features, B x N x H x W per-region class map, unweighted)."""
         scores = self.match(x)
         y = x + self.embed(F.relu(self.norm(scores)))
         return y, self.pool_classes(scores)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x C x H x W -> B x C x H x W."""
+    def forward(self, x: torch.Tensor, evidence: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """B x C x H x W -> B x C x H x W; appends the B x N weighted class evidence to ``evidence`` when given.
+
+        A model collects the evidence through this call (not ``forward_with_evidence``) so that the block runs as a
+        module: forward hooks fire, and FX feature extraction scopes the block's nodes, its output last, under its name.
+        """
         scores = self.match(x)
+        if evidence is not None:
+            e = self.pool_classes(scores).mean(dim=(2, 3))
+            evidence.append(e * self.evidence_weight.to(e.dtype))
         return x + self.embed(F.relu(self.norm(scores)))
 
     def extra_repr(self) -> str:

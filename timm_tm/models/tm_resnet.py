@@ -24,7 +24,8 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from timm_tm.layers import TemplateMatching
+from timm_tm.layers import TemplateMatching, check_input_shape
+from timm_tm.weights import prepare_pretrained, tm_weight_cfgs
 
 __all__ = ['TemplateMatchingResNet', 'convert_resnet_state_dict', 'checkpoint_filter_fn', 'TM_ARCHS']
 
@@ -45,6 +46,7 @@ TM_ARCHS: Dict[str, Dict[str, Any]] = {
     'tm_resnet18_small': dict(block=BasicBlock, layers=(2, 2, 2, 2), tm_stages=(3, 4), small_stem=True),
 }
 _STAGES = (1, 2, 3, 4)
+torch.fx.wrap('check_input_shape')  # a leaf for FX tracing: shapes are not traceable
 
 
 class TemplateMatchingResNet(ResNet):
@@ -95,6 +97,7 @@ class TemplateMatchingResNet(ResNet):
                 f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
             )
         super().__init__(block, layers, num_classes=num_classes, device=device, dtype=dtype, **kwargs)
+        self.in_chans = kwargs.get('in_chans', 3)  # timm < 1.0.25's ResNet does not keep it
         if small_stem:
             if 'stem_type' in kwargs and kwargs['stem_type']:
                 raise ValueError('small_stem replaces the stem: do not pass stem_type with it')
@@ -136,19 +139,15 @@ class TemplateMatchingResNet(ResNet):
         """
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+        if global_pool is None:  # keep the pooling (timm < 1.0.31's ResNet resets it to 'avg')
+            global_pool = self.global_pool.pool_type
         super().reset_classifier(num_classes, global_pool)
         if num_classes > 0:
             for tm in self.tm_blocks().values():
                 tm.reset_classes(num_classes)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f'expected input of shape (B, {self.in_chans}, H, W) (in_chans={self.in_chans}), got {list(x.shape)}'
-            )
-
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        check_input_shape(x, self.in_chans, 'TemplateMatchingResNet', 'in_chans')
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.act1(x)
@@ -187,26 +186,22 @@ class TemplateMatchingResNet(ResNet):
             evidence: List[torch.Tensor] = []
             for blk in self.layer1:
                 if hasattr(blk, 'forward_with_evidence'):
-                    x, e = blk.forward_with_evidence(x)
-                    evidence.append(e)
+                    x = blk(x, evidence)  # appends its class evidence
                 else:
                     x = blk(x)
             for blk in self.layer2:
                 if hasattr(blk, 'forward_with_evidence'):
-                    x, e = blk.forward_with_evidence(x)
-                    evidence.append(e)
+                    x = blk(x, evidence)  # appends its class evidence
                 else:
                     x = blk(x)
             for blk in self.layer3:
                 if hasattr(blk, 'forward_with_evidence'):
-                    x, e = blk.forward_with_evidence(x)
-                    evidence.append(e)
+                    x = blk(x, evidence)  # appends its class evidence
                 else:
                     x = blk(x)
             for blk in self.layer4:
                 if hasattr(blk, 'forward_with_evidence'):
-                    x, e = blk.forward_with_evidence(x)
-                    evidence.append(e)
+                    x = blk(x, evidence)  # appends its class evidence
                 else:
                     x = blk(x)
         if len(evidence) == 0:
@@ -241,10 +236,88 @@ class TemplateMatchingResNet(ResNet):
         x, evidence = self.forward_features_with_evidence(x)
         return self.forward_head(x, class_evidence=evidence)
 
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True, assign: bool = False):
+        """Load a tm_resnet state_dict, or a timm ResNet one (converted by :func:`convert_resnet_state_dict`).
+
+        A state_dict with none of this model's TM entries but its other keys is read as a timm ResNet's, so
+        timm's ``load_checkpoint`` (train.py ``--initial-checkpoint``) starts from ResNet weights. Keys and shapes
+        are checked before anything is copied: a load that fails leaves the model untouched, and its error names
+        the missing, unexpected and mis-shaped keys, the TM ones called out as such.
+        """
+        own = self.state_dict()
+        tm_keys = set(_tm_keys(self))
+        converted = bool(tm_keys) and not any(k in tm_keys for k in state_dict) and any(k in own for k in state_dict)
+        if converted:
+            state_dict = convert_resnet_state_dict(dict(state_dict), self)
+        errors = _state_dict_errors(self, own, state_dict, strict, converted)
+        if errors:
+            raise RuntimeError(errors)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
 
 def _tm_keys(model: nn.Module) -> List[str]:
     prefixes = [n + '.' for n, m in model.named_modules() if isinstance(m, TemplateMatching)]
     return [k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)]
+
+
+def _state_dict_errors(
+    model: 'TemplateMatchingResNet',
+    own: Dict[str, torch.Tensor],
+    state_dict: Dict[str, Any],
+    strict: bool,
+    converted: bool = False,
+    max_keys: int = 12,
+) -> str:
+    """What keeps ``state_dict`` from loading into ``model`` (torch's checks, TM keys apart); '' if nothing."""
+    model_tm = sorted(model.tm_blocks())
+    # TM blocks of the checkpoint: every block has a templates conv
+    source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
+    tm_prefixes = [f'{p}.' for p in model_tm + source_tm]
+    tm_leaves = set(TemplateMatching(1, 1).state_dict())
+
+    def is_tm(key: str) -> bool:
+        return any(key.startswith(p) and key[len(p) :] in tm_leaves for p in tm_prefixes)
+
+    def keys(ks: List[str]) -> str:
+        shown = ', '.join(f'"{k}"' for k in ks[:max_keys])
+        return shown + (f', ... ({len(ks) - max_keys} more)' if len(ks) > max_keys else '')
+
+    missing = [k for k in own if k not in state_dict] if strict else []
+    unexpected = [k for k in state_dict if k not in own] if strict else []
+    mismatched = [
+        k
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return ''
+    lines = [f'Error(s) in loading state_dict for {type(model).__name__} (nothing was loaded):']
+    if converted:
+        lines.append('\t(it has no TM keys, so it was read as a timm ResNet state_dict and converted)')
+    for what, ks in (('Missing', missing), ('Unexpected', unexpected)):
+        plain, tm = [k for k in ks if not is_tm(k)], [k for k in ks if is_tm(k)]
+        if plain:
+            lines.append(f'\t{what} key(s) in state_dict: {keys(plain)}.')
+        if tm:
+            lines.append(f'\t{what} TM (template-matching block) key(s) in state_dict: {keys(tm)}.')
+    for k in mismatched:
+        tag = 'TM key ' if is_tm(k) else ''
+        lines.append(
+            f'\tsize mismatch for {tag}{k}: copying a param with shape {list(state_dict[k].shape)} from checkpoint, '
+            f'the shape in current model is {list(own[k].shape)}.'
+        )
+    if source_tm and source_tm != model_tm:
+        lines.append(
+            f'The checkpoint has TM blocks at {source_tm}, this model at {model_tm}: create the model with the '
+            'tm_stages the checkpoint was trained with.'
+        )
+    if any(k.endswith('.templates.weight') or k == 'fc.weight' for k in mismatched):
+        lines.append(
+            'The head and the templates are tied to the classes: create the model with the num_classes (and '
+            "templates_per_class) of the checkpoint, or fine-tune from it with timm's pretrained_cfg_overlay="
+            'dict(file=...) (train.py --pretrained-path), which re-initializes the class-tied parts.'
+        )
+    return '\n'.join(lines)
 
 
 def convert_resnet_state_dict(
@@ -294,6 +367,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_tm_resnet(variant: str, pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    if pretrained:
+        # unpublished TM tags (error, or the local HF cache); the local weights file is verified before loading
+        kwargs = prepare_pretrained(variant, kwargs)
     kwargs = dict(TM_ARCHS[variant], **kwargs)
 
     num_classes = kwargs.get('num_classes')
@@ -381,6 +457,8 @@ default_cfgs = generate_default_cfgs(
             f'{variant}.{tag}': _from_resnet_cfg(variant, tag) for variant, tags in _RESNET_TAGS.items() for tag in tags
         },
         'tm_resnet18_small': _cfg('tm_resnet18_small', input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0),
+        # TM-trained weights under timm_tm.weights.HUB_NAMESPACE (after the defaults: never a default tag)
+        **{name: _cfg(name.split('.')[0], **cfg) for name, cfg in tm_weight_cfgs().items()},
     }
 )
 

@@ -1,0 +1,129 @@
+"""Exactness: tm_resnetX carrying timm resnetX's weights computes exactly what resnetX computes.
+
+Both ways a user gets there: ``convert_resnet_state_dict`` by hand, and timm's own pretrained loader
+(``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=...)``, which runs the models' ``pretrained_filter_fn``)
+offline, on a saved resnetX state_dict. The ResNets get random BatchNorm parameters and statistics and no zero-init
+of their last BN, so that every residual branch matters (a fresh timm ResNet's branches start at zero).
+"""
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+
+from timm_tm import TemplateMatching, convert_resnet_state_dict
+
+DEPTHS = (18, 26, 34, 50, 101, 152)
+IMG = 64
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.8 + 0.2)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model
+
+
+def _resnet(name: str, **kwargs) -> nn.Module:
+    return _randomize_bn(timm.create_model(name, zero_init_last=False, **kwargs)).eval()
+
+
+def _assert_tm_at_identity(model: nn.Module) -> None:
+    blocks = [m for m in model.modules() if isinstance(m, TemplateMatching)]
+    assert blocks, 'the model has no TM blocks: the comparison would prove nothing'
+    for tm in blocks:
+        assert not tm.embed.weight.any() and tm.evidence_weight.item() == 0
+
+
+@pytest.mark.parametrize('depth', DEPTHS)
+def test_tm_resnet_with_resnet_weights_gives_resnet_logits(depth, tmp_path):
+    resnet = _resnet(f'resnet{depth}')
+    resnet_sd = resnet.state_dict()
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        ref = resnet(x)
+        ref_features = resnet.forward_features(x)
+    assert ref.std() > 0.1  # a non-degenerate reference
+
+    # by hand: convert_resnet_state_dict
+    tm = timm.create_model(f'tm_resnet{depth}').eval()
+    converted = convert_resnet_state_dict(resnet_sd, tm)
+    assert all(torch.equal(converted[k], v) for k, v in resnet_sd.items())  # ResNet weights pass through as they are
+    tm.load_state_dict(converted)
+    _assert_tm_at_identity(tm)
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tm.forward_features(x), ref_features, rtol=1e-5, atol=1e-5)
+    del tm
+
+    # timm's real loader, offline: the saved resnetX file goes through the tm_resnetX pretrained_filter_fn
+    path = tmp_path / f'resnet{depth}.safetensors'
+    safetensors.torch.save_file(resnet_sd, str(path))
+    tm = timm.create_model(f'tm_resnet{depth}', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    _assert_tm_at_identity(tm)
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_loader_torch_file_and_other_num_classes(tmp_path):
+    """A .pth file works too; with another num_classes the head and the templates are re-initialized by timm's
+    loader (classifier names both), and the backbone still computes ResNet's features exactly."""
+    resnet = _resnet('resnet18')
+    path = tmp_path / 'resnet18.pth'
+    torch.save(resnet.state_dict(), path)
+    tm = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=7)
+    tm.eval()
+    assert tm(torch.randn(1, 3, IMG, IMG)).shape == (1, 7)
+    assert all(b.num_classes == 7 for b in tm.tm_blocks().values())
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        # fresh TM blocks start at identity (zero embedding): the features are still exactly ResNet's
+        torch.testing.assert_close(tm.forward_features(x), resnet.forward_features(x), rtol=1e-5, atol=1e-5)
+    # an embedding model (num_classes=0) keeps the templates: here, fresh ones for the cfg's 1000 classes
+    emb = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0)
+    emb.eval()
+    _assert_tm_at_identity(emb)
+    with torch.no_grad():
+        torch.testing.assert_close(emb(x), resnet.forward_head(resnet.forward_features(x), pre_logits=True))
+
+
+def test_small_variant_matches_its_baseline():
+    """tm_resnet18_small's baseline is the same model without TM blocks (tm_stages=())."""
+    base = _randomize_bn(timm.create_model('tm_resnet18_small', tm_stages=(), num_classes=10, zero_init_last=False))
+    base.eval()
+    assert not list(base.tm_blocks())
+    tm = timm.create_model('tm_resnet18_small', num_classes=10).eval()
+    tm.load_state_dict(convert_resnet_state_dict(base.state_dict(), tm))
+    _assert_tm_at_identity(tm)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), base(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tm_state_dict_round_trips_unchanged():
+    """A tm_resnet state_dict in (trained TM blocks) comes out as it went in."""
+    tm = timm.create_model('tm_resnet18', num_classes=10)
+    for b in tm.tm_blocks().values():
+        nn.init.normal_(b.embed.weight)
+        b.evidence_weight.data.fill_(0.3)
+    sd = tm.state_dict()
+    out = convert_resnet_state_dict(sd, timm.create_model('tm_resnet18', num_classes=10))
+    assert out.keys() == sd.keys()
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
+
+
+def test_equivalence_breaks_once_tm_blocks_are_nonzero():
+    """The comparison above can fail: a nonzero embedding or evidence weight changes the logits."""
+    resnet = _resnet('resnet18')
+    tm = timm.create_model('tm_resnet18').eval()
+    tm.load_state_dict(convert_resnet_state_dict(resnet.state_dict(), tm))
+    x = torch.randn(2, 3, IMG, IMG)
+    tm.tm_blocks()['layer4.2'].evidence_weight.data.fill_(0.1)
+    with torch.no_grad():
+        assert not torch.allclose(tm(x), resnet(x), rtol=1e-5, atol=1e-5)

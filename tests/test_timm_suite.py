@@ -1,0 +1,148 @@
+"""timm's own model tests (``tests/test_models.py`` of the timm sdist of the installed version) on the tm_* models.
+
+The sdist comes from PyPI (``pip download --no-binary :all: timm==<installed>``) into ``<repo>/.cache/timm-sdist``
+(git-ignored) once; without it (no registry access) the test skips with the reason. timm's tests then run in a
+subprocess that imports ``timm_tm`` before pytest collects them, so that their module-level ``list_models(...)``
+parametrizations include the tm_* models, and :class:`TmModelsOnly` keeps the tm_* parametrizations only.
+
+Left out, always: ``test_model_load_pretrained`` / ``test_model_features_pretrained`` (they download from the
+Hugging Face Hub; tests/test_exactness.py loads ResNet weights through timm's loader offline instead).
+Left out to keep the suite fast (``TIMM_TM_FULL_TIMM_SUITE=1`` runs them too): the FX tests
+(``test_model_forward_fx``, ``test_model_backward_fx``, ``test_model_forward_fx_torchscript``) of tm_resnet101 and
+tm_resnet152, ``test_model_backward`` of tm_resnet152, and ``test_model_default_cfgs`` of their ``tv_in1k`` tags:
+deeper stacks of the blocks the smaller models test. Every tm_* model still runs the forward, cfg, torchscript and
+features tests, and every model but tm_resnet152 the backward test.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / '.cache' / 'timm-sdist'
+NEEDS_HUB = {'test_model_load_pretrained', 'test_model_features_pretrained'}
+FX_TESTS = {'test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'}
+BIG = ('tm_resnet101', 'tm_resnet152')
+# the timm test functions every tm_* architecture must pass
+CORE_TESTS = {
+    'forward': 'test_model_forward',
+    'backward': 'test_model_backward',
+    'cfg': 'test_model_default_cfgs',
+    'torchscript': 'test_model_forward_torchscript',
+    'features': 'test_model_forward_features',
+}
+
+
+def _left_out(test: str, model_name: str) -> bool:
+    """Fast subset: True for the parametrizations skipped unless TIMM_TM_FULL_TIMM_SUITE=1 (module docstring)."""
+    arch, _, tag = model_name.partition('.')
+    if test in FX_TESTS:
+        return arch in BIG
+    if test == 'test_model_backward':
+        return arch == 'tm_resnet152'
+    if test == 'test_model_default_cfgs':
+        return arch in BIG and tag == 'tv_in1k'
+    return False
+
+
+class TmModelsOnly:
+    """pytest plugin for the subprocess: keeps timm's tests parametrized by a tm_* model, records the outcomes."""
+
+    def __init__(self, report_path: str, full: bool = False):
+        self.report_path = report_path
+        self.full = full
+        self.outcomes = {}
+
+    def pytest_collection_modifyitems(self, config, items):
+        keep, drop = [], []
+        for item in items:
+            model_name = getattr(getattr(item, 'callspec', None), 'params', {}).get('model_name')
+            test = getattr(item, 'originalname', item.name)
+            selected = (
+                isinstance(model_name, str)
+                and model_name.startswith('tm_')
+                and test not in NEEDS_HUB
+                and (self.full or not _left_out(test, model_name))
+            )
+            (keep if selected else drop).append(item)
+        items[:] = keep
+        config.hook.pytest_deselected(items=drop)
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == 'call' or report.outcome != 'passed':
+            self.outcomes[report.nodeid] = report.outcome
+
+    def pytest_sessionfinish(self, session):
+        Path(self.report_path).write_text(json.dumps(self.outcomes))
+
+
+def _timm_tests_dir() -> Path:
+    """timm's sdist for the installed version, downloaded once and unpacked (tests/ and pyproject.toml)."""
+    import timm
+
+    version = timm.__version__
+    unpacked = CACHE / f'timm-{version}'
+    if (unpacked / 'tests' / 'test_models.py').is_file():
+        return unpacked
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sdist = CACHE / f'timm-{version}.tar.gz'
+    if not sdist.is_file():
+        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', f'timm=={version}']
+        result = subprocess.run(cmd + ['-d', str(CACHE), '-q'], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0 or not sdist.is_file():
+            pytest.skip(f'could not download the timm {version} sdist from PyPI: {result.stderr.strip()[-500:]}')
+    # unpack next to the target and rename into place: a concurrent or interrupted run never sees half a tree
+    tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix='.unpack-'))
+    with tarfile.open(sdist) as tar:
+        prefix = f'timm-{version}/'
+        members = [m for m in tar.getmembers() if m.name.startswith((prefix + 'tests/', prefix + 'pyproject.toml'))]
+        try:
+            tar.extractall(tmp, members=members, filter='data')
+        except TypeError:  # Python without tarfile extraction filters
+            tar.extractall(tmp, members=members)
+    try:
+        os.replace(tmp / f'timm-{version}', unpacked)
+    except OSError:  # another run got there first
+        pass
+    return unpacked
+
+
+@pytest.mark.timm_suite
+@pytest.mark.timeout(1800)
+def test_timm_model_tests_pass_on_tm_models(tmp_path):
+    import timm
+
+    timm_dir = _timm_tests_dir()
+    full = os.environ.get('TIMM_TM_FULL_TIMM_SUITE') == '1'
+    report = tmp_path / 'outcomes.json'
+    code = (
+        'import sys; import timm_tm; import pytest; '  # timm_tm first: registers tm_* before timm's module-level lists
+        f'sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_timm_suite import TmModelsOnly; '
+        f'sys.exit(pytest.main(sys.argv[1:], plugins=[TmModelsOnly({str(report)!r}, full={full})]))'
+    )
+    args = ['tests/test_models.py', '-q', '-p', 'no:cacheprovider', '-o', 'addopts=', '-rfEs']
+    env = dict(os.environ, HF_HUB_OFFLINE='1')
+    result = subprocess.run(
+        [sys.executable, '-c', code, *args], cwd=timm_dir, env=env, capture_output=True, text=True, timeout=1700
+    )
+    tail = result.stdout[-6000:] + result.stderr[-2000:]
+    assert report.is_file(), f'timm test run did not finish (exit {result.returncode}):\n{tail}'
+    outcomes = json.loads(report.read_text())
+    assert outcomes, f'no tm_* test was collected from {timm_dir}/tests/test_models.py:\n{tail}'
+    failed = sorted(k for k, v in outcomes.items() if v != 'passed')
+    assert not failed and result.returncode == 0, f'timm tests failed on tm_* models: {failed}\n{tail}'
+
+    # every tm_* architecture ran (and passed) each core test, not only some of them
+    passed = [k.split('::')[-1] for k, v in outcomes.items() if v == 'passed']
+    for arch in timm.list_models('tm_*'):
+        for kind, test in CORE_TESTS.items():
+            if kind == 'backward' and not full and _left_out(test, arch):
+                continue
+            ran = [p for p in passed if p.startswith(f'{test}[') and (p.endswith(f'-{arch}]') or f'-{arch}.' in p)]
+            assert ran, f'{arch}: no passing {test} ({kind}) in {sorted(passed)}'
