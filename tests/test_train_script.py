@@ -1,0 +1,185 @@
+"""timm's own scripts on tm_* models: ``train.py --device-modules timm_tm`` and ``timm-tm run SCRIPT.py``.
+
+The end-to-end tests need timm's ``train.py`` (not in timm's wheel): point ``TIMM_TRAIN_PY`` at it (validate.py
+and benchmark.py are taken from the same folder). Without it they skip; the ``timm-tm run`` tests always run.
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from timm_tm.scripts import main as run_main
+
+TRAIN_PY = os.environ.get('TIMM_TRAIN_PY')
+needs_train_py = pytest.mark.skipif(not TRAIN_PY, reason="TIMM_TRAIN_PY (path to timm's train.py) is not set")
+
+
+# --- timm-tm run: always on --------------------------------------------------------------------------------------
+
+SCRIPT = """
+import json
+import sys
+
+import timm
+
+import helper  # a module beside the script: the script's folder is on sys.path, as `python script.py` has it
+
+if __name__ == '__main__':
+    model = timm.create_model('tm_resnet18_small', num_classes=3)
+    with open(sys.argv[1], 'w') as f:
+        json.dump(dict(argv=sys.argv, helper=helper.VALUE, tm_blocks=sorted(model.tm_blocks())), f)
+    sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def timm_script(tmp_path):
+    folder = tmp_path / 'scripts'
+    folder.mkdir()
+    (folder / 'helper.py').write_text('VALUE = 42\n')
+    script = folder / 'my_timm_script.py'
+    script.write_text(SCRIPT)
+    return script
+
+
+def test_run_executes_a_timm_script_as_main_with_tm_models(timm_script, tmp_path):
+    out = tmp_path / 'out.json'
+    argv_before, path_before = list(sys.argv), list(sys.path)
+    assert run_main([str(timm_script), str(out), '0']) == 0
+    result = json.loads(out.read_text())
+    assert result == dict(argv=[str(timm_script), str(out), '0'], helper=42, tm_blocks=['layer3.2', 'layer4.2'])
+    assert sys.argv == argv_before and sys.path == path_before  # restored
+    assert run_main([str(timm_script), str(out), '3']) == 3  # the script's exit status is the command's
+
+
+def test_run_through_the_cli(timm_script, tmp_path):
+    out = tmp_path / 'out.json'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'timm_tm', 'run', str(timm_script), str(out), '0'], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())['tm_blocks'] == ['layer3.2', 'layer4.2']
+
+
+@pytest.mark.parametrize(
+    'content, expected',
+    [
+        (None, 'script not found'),
+        ('print("hello")\n', 'is not a timm script (it does not import timm)'),
+        ('# import timm\n"""from timm import create_model"""\n', 'is not a timm script'),
+        ('model:\n  name: resnet50\n  lr: [0.1\n', 'is not a Python script'),
+    ],
+    ids=['missing', 'no_timm_import', 'timm_only_in_comments', 'not_python'],
+)
+def test_run_refuses_what_is_not_a_timm_script(tmp_path, capsys, content, expected):
+    script = tmp_path / 'script.py'
+    if content is not None:
+        script.write_text(content)
+    assert run_main([str(script), '--help']) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and str(script) in err
+    assert len(err.splitlines()) == 1
+
+
+def test_run_without_a_script_prints_usage(capsys):
+    assert run_main([]) == 2
+    assert 'usage: timm-tm run SCRIPT.py' in capsys.readouterr().err
+    assert run_main(['--help']) == 0
+
+
+# --- the real train.py, validate.py, benchmark.py: TIMM_TRAIN_PY --------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def mnist_folder(mnist_arrays, tmp_path_factory):
+    """Real MNIST digits as an ImageNet-layout folder: 200 train / 100 validation PNGs at 32 px."""
+    from timm_tm.data import write_image_folder
+
+    images, labels = mnist_arrays
+    idx = np.random.default_rng(0).permutation(len(labels))  # the archive is sorted by class
+    train, val = idx[:200], idx[200:300]
+    root = tmp_path_factory.mktemp('mnist32')
+    splits = {'train': (images[train], labels[train]), 'validation': (images[val], labels[val])}
+    return write_image_folder(str(root), splits, size=32)
+
+
+def _run(cmd, cwd) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{output[-4000:]}'
+    return output
+
+
+@pytest.fixture(scope='module')
+def trained(mnist_folder, tmp_path_factory):
+    """One short epoch of train.py on tm_resnet18_small: (experiment folder, its output)."""
+    out = tmp_path_factory.mktemp('train_out')
+    # a recipe for small grey digits: AdamW, mild crops, no flips, per-step logging to read the loss curve
+    cmd = [
+        sys.executable, TRAIN_PY, str(mnist_folder), '--device-modules', 'timm_tm', '--model', 'tm_resnet18_small',
+        '--num-classes', '10', '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '1', '-b', '10',
+        '--opt', 'adamw', '--lr', '2e-3', '--warmup-epochs', '0', '--scale', '0.7', '1.0', '--hflip', '0',
+        '--workers', '0', '--val-split', 'validation', '--log-interval', '1', '--output', str(out),
+        '--experiment', 'e2e', '--seed', '0',
+    ]  # fmt: skip
+    return out / 'e2e', _run(cmd, cwd=out)
+
+
+@needs_train_py
+def test_train_py_trains_tm_resnet_to_a_falling_loss(trained):
+    folder, output = trained
+    losses = [float(v) for v in re.findall(r'Train: 0 \[\s*\d+/\d+ .*?Loss:\s*([0-9.eE+-]+)', output)]
+    assert len(losses) == 20, output[-3000:]
+    assert all(math.isfinite(v) for v in losses)
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < first - 0.1, f'loss did not fall: first steps {losses[:5]}, last {losses[-5:]}'
+    with open(folder / 'summary.csv') as f:
+        row = next(csv.DictReader(f))
+    assert math.isfinite(float(row['train_loss'])) and math.isfinite(float(row['eval_loss']))
+    assert float(row['eval_top1']) > 10.0  # above chance after 20 steps
+    assert (folder / 'last.pth.tar').is_file() and (folder / 'model_best.pth.tar').is_file()
+
+
+@needs_train_py
+def test_validate_py_through_timm_tm_run_reproduces_train_py_eval(trained, mnist_folder, tmp_path):
+    folder, _ = trained
+    validate_py = Path(TRAIN_PY).with_name('validate.py')
+    results = tmp_path / 'validate.csv'
+    cmd = [
+        sys.executable, '-m', 'timm_tm', 'run', str(validate_py), str(mnist_folder), '--split', 'validation',
+        '--model', 'tm_resnet18_small', '--num-classes', '10', '--input-size', '3', '32', '32',
+        '--checkpoint', str(folder / 'last.pth.tar'), '--device', 'cpu', '--workers', '0', '-b', '50',
+        '--results-file', str(results),
+    ]  # fmt: skip
+    _run(cmd, cwd=tmp_path)
+    with open(results) as f:
+        validated = next(csv.DictReader(f))
+    with open(folder / 'summary.csv') as f:
+        summary = next(csv.DictReader(f))
+    # the same weights on the same images: validate.py's top-1 is train.py's last eval
+    assert float(validated['top1']) == pytest.approx(float(summary['eval_top1']), abs=1e-3)
+
+
+@needs_train_py
+def test_benchmark_py_through_timm_tm_run(tmp_path):
+    benchmark_py = Path(TRAIN_PY).with_name('benchmark.py')
+    results = tmp_path / 'bench.csv'
+    cmd = [
+        sys.executable, '-m', 'timm_tm', 'run', str(benchmark_py), '--model', 'tm_resnet18_small',
+        '--num-classes', '10', '--input-size', '3', '32', '32', '--device', 'cpu', '--bench', 'both', '-b', '4',
+        '--num-warm-iter', '1', '--num-bench-iter', '5', '--no-retry', '--results-file', str(results),
+    ]  # fmt: skip
+    _run(cmd, cwd=tmp_path)
+    with open(results) as f:
+        row = next(csv.DictReader(f))
+    assert row['model'] == 'tm_resnet18_small'
+    assert float(row['infer_samples_per_sec']) > 0 and float(row['train_samples_per_sec']) > 0
