@@ -1,0 +1,419 @@
+"""``timm-tm export`` / ``timm-tm push``: a short real training's checkpoint, exported, loaded back three ways.
+
+The checkpoint is written by timm's own CheckpointSaver (train.py's format: 'state_dict', 'state_dict_ema', 'args',
+...) after a few steps of tm_resnet18_small on scikit-learn's handwritten digits, with train.py's summary.csv.
+Loading back goes through timm's unmocked loader: ``local-dir:``, ``hf-hub:`` and the pretrained tag, the last two
+from an offline Hugging Face cache laid out as a download leaves it (``populate_hf_cache``).
+"""
+
+import argparse
+import csv
+import http.server
+import io
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import yaml
+from test_hub import _corrupt, offline_hf_cache, populate_hf_cache
+
+from timm_tm.hub import export_main, load_checkpoint_file, push_main
+from timm_tm.weights import WeightsFileError, tm_hub_id
+
+TAG = 'tm_resnet18_small.mnist'  # the TM tag these digits weights are exported under (10 classes, default kwargs)
+SIZE = 8  # digits are 8 x 8 px; tm_resnet18_small's output stride is 8
+
+
+def _digits(size: int = SIZE):
+    from timm_tm.data import load_digits_arrays
+
+    x, y = load_digits_arrays()
+    imgs = torch.from_numpy(x).float().div(255).unsqueeze(1).repeat(1, 3, 1, 1)
+    if size != 8:
+        imgs = F.interpolate(imgs, size=size, mode='bilinear', align_corners=False)
+    return (imgs - 0.5) / 0.5, torch.from_numpy(y)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A short real training, saved as timm train.py saves it: (output dir, val images, model, ema model)."""
+    from timm.optim import create_optimizer_v2
+    from timm.utils import CheckpointSaver, ModelEmaV3, accuracy, update_summary
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp('train')
+    images, labels = _digits()
+    x_train, y_train, x_val, y_val = images[:1500], labels[:1500], images[1500:], labels[1500:]
+    data_dir = out / 'digits'
+    for c in range(10):  # train.py's ImageFolder layout: class folders give the label names
+        (data_dir / 'train' / f'digit_{c}').mkdir(parents=True)
+    args = argparse.Namespace(
+        model='tm_resnet18_small', num_classes=10, model_kwargs={}, in_chans=3, img_size=SIZE, input_size=None,
+        mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation='bilinear', epochs=1, opt='adamw', lr=2e-3,
+        weight_decay=0.05, sched='cosine', batch_size=32, model_ema=True, dataset='', data_dir=str(data_dir),
+        train_split='train', val_split='validation', gp=None, bn_eps=None, class_map='',
+    )  # fmt: skip
+    model = timm.create_model(args.model, num_classes=10)
+    ema = ModelEmaV3(model, decay=0.8)
+    optimizer = create_optimizer_v2(model, 'adamw', lr=args.lr, weight_decay=args.weight_decay)
+    saver = CheckpointSaver(model, optimizer, args=args, model_ema=ema, checkpoint_dir=str(out), recovery_dir=str(out))
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(10):
+        idx = torch.randint(0, len(x_train), (args.batch_size,), generator=g)
+        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ema.update(model, step=step)
+    model.eval()
+    ema.module.eval()
+    with torch.no_grad():
+        logits = ema.module(x_val)
+    top1, top5 = accuracy(logits, y_val, topk=(1, 5))
+    eval_metrics = {'loss': F.cross_entropy(logits, y_val).item(), 'top1': top1.item(), 'top5': top5.item()}
+    update_summary(0, {'loss': loss.item()}, eval_metrics, filename=str(out / 'summary.csv'), write_header=True)
+    saver.save_checkpoint(0, metric=top1.item())
+    assert (out / 'model_best.pth.tar').is_file()
+    return out, x_val[:8], model, ema.module
+
+
+@pytest.fixture(scope='module')
+def exported(run, tmp_path_factory):
+    out_dir, _, _, _ = run
+    out = tmp_path_factory.mktemp('exports') / TAG
+    ckpt = out_dir / 'model_best.pth.tar'
+    rc = export_main(
+        [str(ckpt), '--out', str(out), '--name', TAG, '--use-ema', '--summary', str(out_dir / 'summary.csv')]
+    )
+    assert rc == 0
+    return out
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    return offline_hf_cache(tmp_path, monkeypatch)
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_checkpoint_is_read_weights_only_with_its_ema_and_args(run):
+    out_dir, _, model, ema = run
+    sd, meta = load_checkpoint_file(out_dir / 'model_best.pth.tar', use_ema=True)
+    assert meta['key'] == 'state_dict_ema' and meta['args']['model'] == 'tm_resnet18_small' and meta['epoch'] == 0
+    assert all(torch.equal(sd[k], v) for k, v in ema.state_dict().items())
+    sd, meta = load_checkpoint_file(out_dir / 'model_best.pth.tar')
+    assert meta['key'] == 'state_dict' and all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+
+
+def test_export_writes_a_hub_folder(exported, run):
+    out_dir = run[0]
+    assert sorted(p.name for p in exported.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith('.')]  # no temporary folder left
+    config = json.loads((exported / 'config.json').read_text())
+    assert config['architecture'] == 'tm_resnet18_small' and config['num_classes'] == 10
+    assert config['label_names'] == [f'digit_{c}' for c in range(10)]  # from the run's class folders
+    assert config['pretrained_cfg']['input_size'] == [3, SIZE, SIZE]
+    assert config['pretrained_cfg']['mean'] == [0.5] * 3
+    assert len(config['weights_sha256']['model.safetensors']) == 64
+
+    card = (exported / 'README.md').read_text()
+    front = yaml.safe_load(card.split('---')[1])
+    assert {'image-classification', 'timm'} <= set(front['tags'])
+    assert front['library_name'] == 'timm' and front['license'] == 'apache-2.0' and front['datasets'] == ['mnist']
+    for section in ('## Model Details', '## Model Usage', '### Image Classification', '### Feature Map Extraction',
+                    '### Image Embeddings', '## Citation'):  # fmt: skip
+        assert section in card
+    assert 'Feature Embedding by Template Matching as a ResNet Block' in card and 'Gorgun' in card
+    assert '@inproceedings' in card and '2210.00992' in card
+    assert f'hf-hub:{tm_hub_id(TAG)}' in card
+    assert '${' not in card
+    # numbers are measured, not typed: params of the model, top-1 / top-5 of summary.csv
+    params = sum(p.numel() for p in timm.create_model('tm_resnet18_small', num_classes=10).parameters()) / 1e6
+    assert f'Params (M): {params:.2f}' in card
+    row = next(csv.DictReader(open(out_dir / 'summary.csv')))
+    assert f'| {float(row["eval_top1"]):.2f} | {float(row["eval_top5"]):.2f} |' in card
+    assert f'Image size: {SIZE} x {SIZE}' in card
+
+
+def test_loads_back_through_local_dir_hub_id_and_tag(exported, run, hf_cache):
+    _, x, _, ema = run
+    expected = _logits(ema, x)
+    local = timm.create_model(f'local-dir:{exported}', pretrained=True)
+    assert torch.equal(_logits(local, x), expected)
+    assert local.pretrained_cfg['label_names'][3] == 'digit_3'
+
+    populate_hf_cache(hf_cache, 'some-org/digits-tm', exported)
+    hub = timm.create_model('hf-hub:some-org/digits-tm', pretrained=True)
+    assert torch.equal(_logits(hub, x), expected)
+
+    populate_hf_cache(hf_cache, tm_hub_id(TAG), exported)
+    tagged = timm.create_model(TAG, pretrained=True)
+    assert torch.equal(_logits(tagged, x), expected)
+
+    embed = timm.create_model(f'local-dir:{exported}', pretrained=True, num_classes=0).eval()
+    with torch.no_grad():
+        assert torch.equal(embed(x), ema.forward_head(ema.forward_features(x), pre_logits=True))
+
+
+def test_card_snippets_run(exported, run, hf_cache, monkeypatch, capsys):
+    """Each Python snippet of the card runs as written, offline: the Hub from the cache, the image URL served
+    from memory (a real digit)."""
+    import urllib.request
+
+    from PIL import Image
+
+    populate_hf_cache(hf_cache, tm_hub_id(TAG), exported)
+    digit = ((run[1][0].permute(1, 2, 0) * 0.5 + 0.5) * 255).byte().numpy()
+    png = io.BytesIO()
+    Image.fromarray(digit).resize((64, 64)).save(png, format='PNG')
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda url: io.BytesIO(png.getvalue()))
+    snippets = re.findall(r'```python\n(.*?)```', (exported / 'README.md').read_text(), flags=re.S)
+    assert len(snippets) == 3
+    for code in snippets:
+        exec(compile(code, 'README.md', 'exec'), {})
+    printed = capsys.readouterr().out
+    assert 'digit_' in printed  # classification printed label names
+    assert 'torch.Size([1, 512])' in printed  # embeddings
+
+
+def test_export_plain_weights_and_model_kwargs_from_a_bare_state_dict(tmp_path):
+    model = timm.create_model('tm_resnet18_small', num_classes=4, templates_per_class=2).eval()
+    torch.save(model.state_dict(), tmp_path / 'weights.pth')
+    out = tmp_path / 'out'
+    rc = export_main(
+        [str(tmp_path / 'weights.pth'), '--model', 'tm_resnet18_small', '--out', str(out),
+         '--model-kwargs', 'templates_per_class=2']
+    )  # fmt: skip
+    assert rc == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['model_args']['templates_per_class'] == 2 and config['num_classes'] == 4
+    card = (out / 'README.md').read_text()
+    assert 'no accuracy is claimed' in card
+    assert "A `tm_resnet18_small`: timm's ResNet with template-matching" in card  # the packaged default card
+    x = torch.randn(2, 3, 32, 32)
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert torch.equal(_logits(loaded, x), _logits(model, x))
+
+
+def test_export_refuses_existing_out_and_force_replaces(run, tmp_path, capsys):
+    ckpt = str(run[0] / 'model_best.pth.tar')
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'old.txt').write_text('old')
+    assert export_main([ckpt, '--out', str(out)]) == 1
+    assert '--force' in capsys.readouterr().err and (out / 'old.txt').is_file()
+    assert export_main([ckpt, '--out', str(out), '--force']) == 0
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert [p.name for p in tmp_path.iterdir()] == ['out']
+
+
+def test_interrupted_export_leaves_no_folder(run, tmp_path, monkeypatch):
+    import timm_tm.model_card
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(timm_tm.model_card, 'render_card', interrupted)
+    ckpt = str(run[0] / 'model_best.pth.tar')
+    with pytest.raises(KeyboardInterrupt):
+        export_main([ckpt, '--out', str(tmp_path / 'new')])
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'kept').mkdir()
+    (tmp_path / 'kept' / 'model.safetensors').write_text('previous export')
+    with pytest.raises(KeyboardInterrupt):
+        export_main([ckpt, '--out', str(tmp_path / 'kept'), '--force'])
+    assert [p.name for p in tmp_path.iterdir()] == ['kept']
+    assert (tmp_path / 'kept' / 'model.safetensors').read_text() == 'previous export'
+
+
+def test_export_errors_name_the_file(run, exported, tmp_path, capsys):
+    ckpt = run[0] / 'model_best.pth.tar'
+    truncated = tmp_path / 'truncated.pth.tar'
+    truncated.write_bytes(ckpt.read_bytes()[:5000])
+    assert export_main([str(truncated), '--out', str(tmp_path / 'a')]) == 1
+    err = capsys.readouterr().err
+    assert str(truncated) in err and 'weights_only=True' in err and 'Traceback' not in err
+
+    weights = tmp_path / 'model.safetensors'
+    weights.write_bytes((exported / 'model.safetensors').read_bytes())
+    _corrupt(weights, 'truncated')
+    assert export_main([str(weights), '--model', 'tm_resnet18_small', '--out', str(tmp_path / 'b')]) == 1
+    err = capsys.readouterr().err
+    assert str(weights) in err and 'not a valid safetensors file' in err
+
+    bare = tmp_path / 'bare.pth'
+    torch.save(load_checkpoint_file(ckpt)[0], bare)
+    assert export_main([str(bare), '--model', 'tm_resnet18_small', '--use-ema', '--out', str(tmp_path / 'c')]) == 1
+    assert 'no EMA weights' in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_wrong_model_checkpoint_error_names_keys(tmp_path, capsys):
+    resnet50 = timm.create_model('resnet50')
+    torch.save({'state_dict': resnet50.state_dict(), 'arch': 'resnet50', 'epoch': 3}, tmp_path / 'r50.pth.tar')
+    rc = export_main([str(tmp_path / 'r50.pth.tar'), '--model', 'tm_resnet18', '--out', str(tmp_path / 'out')])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / 'r50.pth.tar') in err and 'layer1.0.conv3.weight' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_tampered_local_dir_weights_are_refused(exported, tmp_path):
+    for how in ('truncated', 'altered'):
+        folder = tmp_path / how
+        folder.mkdir()
+        for p in exported.iterdir():
+            (folder / p.name).write_bytes(p.read_bytes())
+        _corrupt(folder / 'model.safetensors', how)
+        with pytest.raises(WeightsFileError) as e:
+            timm.create_model(f'local-dir:{folder}', pretrained=True)
+        assert str(folder / 'model.safetensors') in str(e.value)
+    # without the recorded hash, a truncated file still fails on its header, naming the file
+    config = json.loads((folder / 'config.json').read_text())
+    del config['weights_sha256']
+    (folder / 'config.json').write_text(json.dumps(config))
+    _corrupt(folder / 'model.safetensors', 'truncated')
+    with pytest.raises(WeightsFileError, match='not a valid safetensors file'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_local_dir_with_another_models_weights_names_the_keys(exported, tmp_path):
+    import safetensors.torch
+
+    folder = tmp_path / 'wrong'
+    folder.mkdir()
+    (folder / 'config.json').write_text((exported / 'config.json').read_text().replace('"weights_sha256"', '"_x"'))
+    safetensors.torch.save_file(
+        timm.create_model('resnet34', num_classes=10).state_dict(), folder / 'model.safetensors'
+    )
+    with pytest.raises(RuntimeError) as e:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert 'nothing was loaded' in str(e.value)
+    assert '"layer1.2.bn1.num_batches_tracked"' in str(e.value) and 'size mismatch for conv1.weight' in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------------- push
+
+
+def test_push_dry_run_lists_files_sizes_and_destination(exported, monkeypatch, capsys):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens: any request would fail
+    repo = tm_hub_id(TAG)
+    assert push_main([str(exported), '--repo', repo, '--dry-run', '--revision', 'v1', '--private']) == 0
+    out = capsys.readouterr().out
+    assert f'http://127.0.0.1:9/{repo} (revision v1, private)' in out and 'nothing was sent' in out
+    listed = re.findall(r'^  (\S+)\s+([\d,]+) bytes$', out, flags=re.M)
+    assert listed == [(p.name, f'{p.stat().st_size:,}') for p in sorted(exported.iterdir())]
+
+
+def test_push_refuses_pickles_and_broken_folders(exported, tmp_path, capsys):
+    folder = tmp_path / 'f'
+    folder.mkdir()
+    for p in exported.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / 'pytorch_model.bin').write_bytes(b'pickle')
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
+    assert 'safetensors only' in capsys.readouterr().err
+    (folder / 'pytorch_model.bin').unlink()
+    _corrupt(folder / 'model.safetensors', 'altered')
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
+    assert 'altered or truncated' in capsys.readouterr().err
+    assert push_main([str(exported), '--repo', 'no-slash', '--dry-run']) == 1
+    assert 'ORG/NAME' in capsys.readouterr().err
+
+
+@pytest.fixture
+def online(tmp_path, monkeypatch):
+    """No token anywhere, online mode, and an endpoint on the loopback (set by each test)."""
+    import huggingface_hub.constants as constants
+
+    for var in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_HUB_OFFLINE'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'no_token'))
+    monkeypatch.setattr(constants, 'HF_STORED_TOKENS_PATH', str(tmp_path / 'no_stored_tokens'))
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+    return constants
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('timm-tm push: error: '), captured.err
+    return lines[0]
+
+
+def test_push_without_token_or_offline_is_a_one_line_error(exported, online, monkeypatch, capsys):
+    assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
+    assert 'no Hugging Face token' in _one_line_error(capsys)
+    monkeypatch.setattr(online, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
+    assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
+    assert 'HF_HUB_OFFLINE' in _one_line_error(capsys)
+
+
+def test_push_without_network_is_a_one_line_error(exported, online, monkeypatch, capsys):
+    monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
+    assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
+    line = _one_line_error(capsys)
+    assert 'cannot upload to http://127.0.0.1:9/' in line and 'secret' not in line
+
+
+def test_push_refused_by_the_hub_is_a_one_line_error(exported, online, monkeypatch, capsys):
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            body = b'{"error": "Invalid credentials in Authorization header"}'
+            self.send_response(401)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(('127.0.0.1', 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(online, 'ENDPOINT', f'http://127.0.0.1:{server.server_port}')
+        monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
+        assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    line = _one_line_error(capsys)
+    assert 'the Hub refused' in line and 'HTTP 401' in line and 'secret' not in line
+
+
+# ---------------------------------------------------------------------------------------------------- model cards
+
+
+def test_every_publishable_model_has_a_card_template_that_renders():
+    from timm_tm.model_card import CARD_FIELDS, find_card_template, render_card
+    from timm_tm.weights import TM_WEIGHTS
+
+    fields = {k: f'<{k}>' for k in CARD_FIELDS if k not in ('usage', 'citation')}
+    fields.update(datasets_yaml='- imagenet-1k', license='apache-2.0', repo_id='org/name')
+    for name in TM_WEIGHTS:
+        path = find_card_template(name)
+        assert path is not None and path.parent.name == 'model_cards', name
+        card = render_card(fields, path.read_text(), source=str(path))
+        front = yaml.safe_load(card.split('---')[1])
+        assert {'image-classification', 'timm'} <= set(front['tags']) and front['library_name'] == 'timm'
+        assert front['license'] == 'apache-2.0' and front['datasets'] == ['imagenet-1k']
+        for section in ('## Model Details', '## Model Usage', '## Citation', 'hf-hub:org/name', '<params_m>'):
+            assert section in card, (name, section)
+    with pytest.raises(ValueError, match=r'x\.md: no value for placeholder\(s\) \$\{typo\}'):
+        render_card(fields, 'a ${typo} b', source='x.md')

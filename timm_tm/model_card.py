@@ -1,0 +1,248 @@
+"""Model cards for exported tm_* weights, in the format of timm's Hugging Face Hub cards.
+
+A card template is Markdown with ``string.Template`` placeholders (``${params_m}``, ``${usage}``, ...; see
+``CARD_FIELDS``). ``timm-tm export`` fills them with numbers measured on the exported weights, so no number in a
+card is typed by hand. Templates are looked up in this order:
+
+1. ``--card FILE`` given to ``timm-tm export``;
+2. ``model_cards/<name>.md`` of a source checkout (one per model the project publishes, e.g.
+   ``model_cards/tm_resnet50.tm_in1k.md``), or of the current directory;
+3. ``DEFAULT_CARD`` below, packaged with timm_tm, so that export works from an installed wheel for any model.
+
+The shared sections (``${usage}``: classification, feature maps, image embeddings; ``${citation}``) live here once
+and are substituted into every template.
+"""
+
+import re
+import string
+from pathlib import Path
+from typing import Dict, List, Optional
+
+__all__ = ['CARD_FIELDS', 'DEFAULT_CARD', 'USAGE', 'CITATION', 'find_card_template', 'render_card']
+
+# name -> what the export fills in
+CARD_FIELDS: Dict[str, str] = {
+    'model_name': 'name of the weights, e.g. tm_resnet18_small.mnist',
+    'repo_id': 'Hub repo the card is written for, e.g. timm-tm/tm_resnet18_small.mnist',
+    'architecture': 'timm architecture, e.g. tm_resnet18_small',
+    'license': 'license id for the front matter',
+    'datasets_yaml': 'front matter list of datasets ("- name" lines)',
+    'dataset': 'dataset the weights were trained on',
+    'description': 'one paragraph on what the weights are',
+    'num_classes': 'classes of the head (and of the templates)',
+    'params_m': 'parameters, millions',
+    'gmacs': 'GMACs at image_size (fvcore, as timm benchmark.py counts them)',
+    'activations_m': 'activations, millions, at image_size',
+    'image_size': 'input size the numbers are measured at, e.g. "32 x 32"',
+    'tm_details': 'TM block placement, templates per class, classes',
+    'training': 'recipe read from the checkpoint (epochs, optimizer, lr, batch size, EMA)',
+    'metrics': 'Markdown table of top-1 / top-5 from the run summary.csv, or a sentence saying none were given',
+    'weights_sha256': 'SHA-256 of model.safetensors',
+    'timm_version': 'timm version used for export',
+    'timm_tm_version': 'timm-tm version used for export',
+    'usage': 'the Model Usage snippets (rendered from USAGE)',
+    'citation': 'the Citation block (CITATION)',
+}
+
+USAGE = """\
+Install `pip install timm-tm` (it brings timm); `import timm_tm` registers the `tm_*` architectures with timm.
+
+### Image Classification
+```python
+from urllib.request import urlopen
+
+import timm
+import timm_tm  # noqa: F401  (registers the tm_* architectures)
+import torch
+from PIL import Image
+
+img = Image.open(urlopen(
+    'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png'
+)).convert('RGB')
+
+model = timm.create_model('hf-hub:${repo_id}', pretrained=True)
+model = model.eval()
+
+# get model specific transforms (normalization, resize)
+data_config = timm.data.resolve_model_data_config(model)
+transforms = timm.data.create_transform(**data_config, is_training=False)
+
+with torch.no_grad():
+    output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1
+
+top_probabilities, top_class_indices = torch.topk(output.softmax(dim=1) * 100, k=min(5, output.shape[1]))
+label_names = model.pretrained_cfg.get('label_names')  # class names, when the export knew them
+for p, i in zip(top_probabilities[0].tolist(), top_class_indices[0].tolist()):
+    print(f'{label_names[i] if label_names else i}: {p:.1f}%')
+```
+
+### Feature Map Extraction
+```python
+from urllib.request import urlopen
+
+import timm
+import timm_tm  # noqa: F401
+import torch
+from PIL import Image
+
+img = Image.open(urlopen(
+    'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png'
+)).convert('RGB')
+
+model = timm.create_model('hf-hub:${repo_id}', pretrained=True, features_only=True)
+model = model.eval()
+
+data_config = timm.data.resolve_model_data_config(model)
+transforms = timm.data.create_transform(**data_config, is_training=False)
+
+with torch.no_grad():
+    output = model(transforms(img).unsqueeze(0))  # one feature map per stage, TM blocks included
+
+for o in output:
+    print(o.shape)  # B x C x H x W per stage
+```
+
+### Image Embeddings
+```python
+from urllib.request import urlopen
+
+import timm
+import timm_tm  # noqa: F401
+import torch
+from PIL import Image
+
+img = Image.open(urlopen(
+    'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png'
+)).convert('RGB')
+
+model = timm.create_model('hf-hub:${repo_id}', pretrained=True, num_classes=0)  # remove the classifier
+model = model.eval()  # the TM blocks keep their trained templates and still embed
+
+data_config = timm.data.resolve_model_data_config(model)
+transforms = timm.data.create_transform(**data_config, is_training=False)
+
+with torch.no_grad():
+    output = model(transforms(img).unsqueeze(0))  # (batch_size, num_features) shaped tensor
+    # or equivalently (without needing to set num_classes=0)
+    output = model.forward_features(transforms(img).unsqueeze(0))  # (1, num_features, H, W)
+    output = model.forward_head(output, pre_logits=True)  # (1, num_features)
+print(output.shape)
+```"""
+
+CITATION = """\
+```bibtex
+@inproceedings{gorgun2022template,
+  title     = {Feature Embedding by Template Matching as a ResNet Block},
+  author    = {Gorgun, Ada and Gurbuz, Yeti Z. and Alatan, A. Aydin},
+  booktitle = {British Machine Vision Conference (BMVC)},
+  year      = {2022},
+  eprint    = {2210.00992},
+  archivePrefix = {arXiv},
+  url       = {https://arxiv.org/abs/2210.00992}
+}
+```
+```bibtex
+@inproceedings{he2016deep,
+  title     = {Deep Residual Learning for Image Recognition},
+  author    = {He, Kaiming and Zhang, Xiangyu and Ren, Shaoqing and Sun, Jian},
+  booktitle = {Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages     = {770--778},
+  year      = {2016}
+}
+```
+```bibtex
+@misc{rw2019timm,
+  author    = {Ross Wightman},
+  title     = {PyTorch Image Models},
+  year      = {2019},
+  publisher = {GitHub},
+  journal   = {GitHub repository},
+  doi       = {10.5281/zenodo.4414861},
+  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}
+}
+```"""
+
+DEFAULT_CARD = """\
+---
+tags:
+- image-classification
+- timm
+- template-matching
+library_name: timm
+license: ${license}
+datasets:
+${datasets_yaml}
+---
+# Model card for ${model_name}
+
+${description}
+
+A `${architecture}`: timm's ResNet with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
+ResNet Block", BMVC 2022). Each TM block scores every region of a feature map against class templates (cosine),
+keeps the templates a region matches better than usual (BatchNorm + ReLU) and embeds them back into the features
+(zero-initialized 1x1 conv, residual); each block's pooled class evidence is added to the logits.
+
+## Model Details
+- **Model Type:** Image classification / feature backbone
+- **Model Stats:**
+  - Params (M): ${params_m}
+  - GMACs: ${gmacs}
+  - Activations (M): ${activations_m}
+  - Image size: ${image_size}
+- **Template matching:** ${tm_details}
+- **Classes:** ${num_classes}
+- **Dataset:** ${dataset}
+- **Training:** ${training}
+- **Papers:**
+  - Feature Embedding by Template Matching as a ResNet Block: https://arxiv.org/abs/2210.00992
+  - Deep Residual Learning for Image Recognition: https://arxiv.org/abs/1512.03385
+- **Original:** https://github.com/huggingface/pytorch-image-models (timm ${timm_version}), exported by
+  timm-tm ${timm_tm_version}
+- **Weights:** `model.safetensors`, SHA-256 `${weights_sha256}`
+
+## Model Usage
+${usage}
+
+## Model Comparison
+${metrics}
+
+## Citation
+${citation}
+"""
+
+_PLACEHOLDER = re.compile(r'\$\{(\w+)\}|\$(\w+)')
+
+
+def _candidate_dirs() -> List[Path]:
+    dirs = [Path(__file__).resolve().parents[1] / 'model_cards', Path.cwd() / 'model_cards']
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
+
+
+def find_card_template(name: str, card: Optional[str] = None) -> Optional[Path]:
+    """The template file for weights ``name`` (``--card``, else ``model_cards/<name>.md``); None: the default."""
+    if card:
+        path = Path(card)
+        if not path.is_file():
+            raise FileNotFoundError(f'--card: model card template not found: {path}')
+        return path
+    for d in _candidate_dirs():
+        if (d / f'{name}.md').is_file():
+            return d / f'{name}.md'
+    return None
+
+
+def render_card(fields: Dict[str, str], template: Optional[str] = None, source: str = 'default card') -> str:
+    """``template`` (default: ``DEFAULT_CARD``) with every ``${field}`` filled; ``usage``/``citation`` added here.
+
+    Raises ``ValueError`` naming ``source`` and the placeholders that have no value, so a typo in a template fails
+    the export instead of publishing a card with a hole in it.
+    """
+    template = DEFAULT_CARD if template is None else template
+    values = dict(fields)
+    values.setdefault('usage', string.Template(USAGE).substitute(values))
+    values.setdefault('citation', CITATION)
+    used = {a or b for a, b in _PLACEHOLDER.findall(template)}
+    unknown = sorted(used - set(values))
+    if unknown:
+        raise ValueError(f'{source}: no value for placeholder(s) {", ".join("${" + u + "}" for u in unknown)}')
+    return string.Template(template).substitute(values)
