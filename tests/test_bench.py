@@ -1,0 +1,103 @@
+"""``timm-tm bench`` runs end to end on a tiny configuration and writes the results a user reads.
+
+Nothing here asserts on wall time: only on structure, on numbers that are exact (params, the TM's MACs) and on
+numbers that must be consistent with each other (a ratio of medians).
+"""
+
+import json
+
+import pytest
+
+from timm_tm.bench import main, parse_models
+
+TINY = ['--img-size', '64', '--batch-size', '2', '--warmup', '1', '--min-seconds', '0', '--threads', '1']
+
+
+def _tm_params(channels_and_classes):
+    # templates (K x C) + embedding (C x K) + BN affine (2K) + temperature and evidence weight, per block
+    return sum(2 * c * k + 2 * k + 2 for c, k in channels_and_classes)
+
+
+def test_bench_end_to_end_writes_json(tmp_path, capsys):
+    pytest.importorskip('fvcore')
+    out = tmp_path / 'bench.json'
+    assert main(['--models', '18', '--rounds', '2', '--num-classes', '10', *TINY, '-o', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'tm_resnet18 vs resnet18' in printed and '| tm_resnet18 / resnet18 | eager |' in printed
+
+    results = json.loads(out.read_text())
+    assert results['config']['device'] == 'cpu' and results['config']['threads'] == 1
+    assert results['machine']['cpu'] and results['machine']['torch_threads'] == 1
+    assert 'VmHWM' in results['memory_method']
+    (pair,) = results['pairs']
+    assert (pair['tm_model'], pair['base_model'], pair['num_classes']) == ('tm_resnet18', 'resnet18', 10)
+
+    prof = pair['profile']
+    # exact: tm_resnet18's TM blocks follow stages 3 (256 channels) and 4 (512 channels), 10 templates each
+    extra = _tm_params([(256, 10), (512, 10)])
+    assert prof['tm']['params_m'] * 1e6 - prof['base']['params_m'] * 1e6 == pytest.approx(extra, abs=0.5)
+    # match + embed: 2 * C * K * H * W multiply-adds per block (64 px: stage 3 is 4 x 4, stage 4 is 2 x 2),
+    # plus the small elementwise work fvcore counts (BN)
+    tm_macs = 2 * (256 * 10 * 16 + 512 * 10 * 4)
+    extra_macs = (prof['tm']['gmacs'] - prof['base']['gmacs']) * 1e9
+    assert tm_macs <= extra_macs <= 1.1 * tm_macs
+    assert prof['gmacs_overhead'] == pytest.approx(prof['tm']['gmacs'] / prof['base']['gmacs'] - 1)
+
+    (run,) = pair['runs']
+    assert run['variant'] == 'eager'
+    for mode in ('infer', 'train'):
+        block = run[mode]
+        ips = block['images_per_s']
+        for name in ('tm_resnet18', 'resnet18'):
+            assert len(ips[name]['per_round']) == 2 and all(v > 0 for v in ips[name]['per_round'])
+            assert ips[name]['min'] <= ips[name]['median'] <= ips[name]['max']
+        assert block['ratio'] == pytest.approx(ips['tm_resnet18']['median'] / ips['resnet18']['median'])
+        rr = block['round_ratios']
+        assert len(rr['per_round']) == 2 and rr['min'] <= rr['median'] <= rr['max']
+        memory = run['memory_mb'][mode]
+        assert memory['tm_resnet18'] > 0 and memory['resnet18'] > 0
+        assert memory['ratio'] == pytest.approx(memory['tm_resnet18'] / memory['resnet18'])
+    # training holds gradients and optimizer state on top of what inference needs
+    assert run['memory_mb']['train']['resnet18'] > run['memory_mb']['infer']['resnet18']
+    assert set(run['targets_met']) == {'infer_ratio', 'train_ratio', 'train_memory_ratio', 'gmacs_overhead'}
+    assert results['markdown'].startswith('| pair |')
+
+
+def test_scale_sweep_grows_with_templates(tmp_path):
+    pytest.importorskip('fvcore')
+    out = tmp_path / 'scale.json'
+    argv = ['--scale', '--models', '18', '--rounds', '1', '--modes', 'infer', *TINY, '-o', str(out)]
+    argv += ['--scale-classes', '10,40', '--scale-templates', '1,2', '--scale-templates-classes', '10']
+    argv += ['--scale-stages', '4']
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())['scale']
+    configs = [(r['num_classes'], r['tm_kwargs'].get('templates_per_class'), tuple(r['tm_stages'])) for r in rows]
+    assert configs == [(10, 1, (3, 4)), (40, 1, (3, 4)), (10, 2, (3, 4)), (1000, 1, (4,))]
+    overhead = [r['profile']['gmacs_overhead'] for r in rows]
+    # 4x the templates (40 classes) cost more than 2 per class at 10 classes, which cost more than 1
+    assert overhead[1] > overhead[2] > overhead[0] > 0
+    for row in rows:
+        assert 'memory_mb' not in row['runs'][0] and row['runs'][0]['infer']['ratio'] > 0
+
+
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        (['--models', '7'], '--models'),
+        (['--modes', 'fast'], '--modes'),
+        (['--batch-size', '0'], '--batch-size'),
+        (['--device', 'tpu'], '--device'),
+        (['--scale', '--scale-classes', '10,x'], '--scale-classes'),
+    ],
+)
+def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, '--no-memory', '--no-profile', '-o', str(tmp_path / 'x.json')])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'x.json').exists()
+
+
+def test_parse_models():
+    assert parse_models('18,50,101') == [18, 50, 101]
+    assert parse_models('resnet50,tm_resnet18') == [50, 18]
