@@ -19,6 +19,15 @@ def _seed():
     np.random.seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small models train faster so on a shared 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='session')
 def mnist_arrays():
     """(10000 x 28 x 28 uint8, labels) real MNIST digits from ../shared/data."""
