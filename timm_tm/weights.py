@@ -42,6 +42,14 @@ HUB_NAMESPACE: str = os.environ.get('TIMM_TM_HUB_NAMESPACE', 'timm-tm')
 # One entry per model the project would publish. Fields are pretrained_cfg fields (plus 'dataset' and 'recipe',
 # which the model card uses). The weights must load into the architecture's default kwargs (tm_stages,
 # templates_per_class, ...), since a registry tag cannot carry model args: `timm-tm export --name` checks it.
+_IMAGENET_1K = dict(
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    pool_size=(7, 7),
+    crop_pct=0.95,
+    interpolation='bicubic',
+    dataset='imagenet-1k',
+)
 TM_WEIGHTS: Dict[str, Dict[str, Any]] = {
     'tm_resnet18_small.mnist': dict(
         num_classes=10,
@@ -55,21 +63,11 @@ TM_WEIGHTS: Dict[str, Dict[str, Any]] = {
         recipe='MNIST digits (60k train, 10k test) upsampled to 32 x 32 px, trained from scratch',
     ),
     'tm_resnet18.tm_in1k': dict(
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.95,
-        interpolation='bicubic',
-        dataset='imagenet-1k',
+        **_IMAGENET_1K,
         recipe='ImageNet-1k, fine-tuned from timm resnet18.a1_in1k with the TM blocks starting at identity',
     ),
     'tm_resnet50.tm_in1k': dict(
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.95,
-        interpolation='bicubic',
-        dataset='imagenet-1k',
+        **_IMAGENET_1K,
         recipe='ImageNet-1k, fine-tuned from timm resnet50.a1_in1k with the TM blocks starting at identity',
     ),
 }

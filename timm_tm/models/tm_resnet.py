@@ -269,6 +269,15 @@ def _state_dict_errors(
     max_keys: int = 12,
 ) -> str:
     """What keeps ``state_dict`` from loading into ``model`` (torch's checks, TM keys apart); '' if nothing."""
+    missing = [k for k in own if k not in state_dict] if strict else []
+    unexpected = [k for k in state_dict if k not in own] if strict else []
+    mismatched = [
+        k
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return ''
     model_tm = sorted(model.tm_blocks())
     # TM blocks of the checkpoint: every block has a templates conv
     source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
@@ -282,15 +291,6 @@ def _state_dict_errors(
         shown = ', '.join(f'"{k}"' for k in ks[:max_keys])
         return shown + (f', ... ({len(ks) - max_keys} more)' if len(ks) > max_keys else '')
 
-    missing = [k for k in own if k not in state_dict] if strict else []
-    unexpected = [k for k in state_dict if k not in own] if strict else []
-    mismatched = [
-        k
-        for k, v in state_dict.items()
-        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if not (missing or unexpected or mismatched):
-        return ''
     lines = [f'Error(s) in loading state_dict for {type(model).__name__} (nothing was loaded):']
     if converted:
         lines.append('\t(it has no TM keys, so it was read as a timm ResNet state_dict and converted)')
