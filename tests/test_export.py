@@ -11,7 +11,12 @@ import csv
 import http.server
 import io
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -204,16 +209,93 @@ def test_export_plain_weights_and_model_kwargs_from_a_bare_state_dict(tmp_path):
     assert torch.equal(_logits(loaded, x), _logits(model, x))
 
 
-def test_export_refuses_existing_out_and_force_replaces(run, tmp_path, capsys):
+def test_force_replaces_only_a_previous_export(run, tmp_path, capsys):
     ckpt = str(run[0] / 'model_best.pth.tar')
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'old.txt').write_text('old')
+    for force in ([], ['--force']):  # a folder with a file an export does not write is no previous export
+        assert export_main([ckpt, '--out', str(out), *force]) == 1
+        err = capsys.readouterr().err
+        assert 'old.txt' in err and '--force only replaces' in err and (out / 'old.txt').read_text() == 'old'
+    (out / 'old.txt').unlink()
+    out.rmdir()
+    assert export_main([ckpt, '--out', str(out)]) == 0
     assert export_main([ckpt, '--out', str(out)]) == 1
-    assert '--force' in capsys.readouterr().err and (out / 'old.txt').is_file()
+    assert '--force' in capsys.readouterr().err
     assert export_main([ckpt, '--out', str(out), '--force']) == 0
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     assert [p.name for p in tmp_path.iterdir()] == ['out']
+
+
+def test_force_never_replaces_the_exports_own_inputs(run, exported, tmp_path, capsys):
+    # a copy of the training run: `--out RUN --force` used to delete it, checkpoints and summary.csv included
+    train = tmp_path / 'train'
+    shutil.copytree(run[0], train)
+    before = sorted(p.relative_to(train) for p in train.rglob('*'))
+    for extra in ([], ['--summary', str(train / 'summary.csv')]):
+        assert export_main([str(train / 'model_best.pth.tar'), '--out', str(train), '--force', *extra]) == 1
+        assert 'Traceback' not in capsys.readouterr().err
+    assert sorted(p.relative_to(train) for p in train.rglob('*')) == before
+
+    # a previous export is replaceable, but not by an export that reads from it (its weights or its card)
+    previous = tmp_path / 'previous'
+    shutil.copytree(exported, previous)
+    files = {p.name: p.read_bytes() for p in previous.iterdir()}
+    weights = str(previous / 'model.safetensors')
+    cases = [
+        [weights, '--model', 'tm_resnet18_small', '--out', str(previous), '--force'],
+        [str(run[0] / 'model_best.pth.tar'), '--out', str(previous), '--force', '--card', str(previous / 'README.md')],
+    ]
+    for argv in cases:
+        assert export_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and "holds the export's own input" in err and str(previous) in err
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['previous', 'train']
+
+
+@pytest.mark.parametrize('out', ['.', '..'])
+def test_out_dot_or_dotdot_is_refused_and_leaves_nothing(run, tmp_path, monkeypatch, capsys, out):
+    work = tmp_path / 'a' / 'b'
+    work.mkdir(parents=True)
+    shutil.copytree(run[0], work / 'run')
+    monkeypatch.chdir(work)
+    before = sorted(tmp_path.rglob('*'))
+    assert export_main([str(work / 'run' / 'model_best.pth.tar'), '--out', out, '--force']) == 1
+    assert 'export to a new folder' in capsys.readouterr().err
+    assert sorted(tmp_path.rglob('*')) == before  # no hidden ..*.old or *.partial folder either
+
+
+def _killed_export(ckpt: Path, out: Path, sig: str) -> int:
+    """Run an export in a fresh process that receives ``sig`` while it writes the model card."""
+    code = (
+        'import os, signal, sys\n'
+        'import timm_tm.model_card\n'
+        f'timm_tm.model_card.render_card = lambda *a, **k: os.kill(os.getpid(), signal.{sig})\n'
+        'from timm_tm.hub import export_main\n'
+        f'sys.exit(export_main([{str(ckpt)!r}, "--out", {str(out)!r}]))\n'
+    )
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-c', code], env=env, timeout=600).returncode
+
+
+def test_terminated_export_leaves_nothing_and_a_killed_ones_leftover_goes_next_time(run, tmp_path, capsys):
+    ckpt = run[0] / 'model_best.pth.tar'
+    out = tmp_path / 'exports' / 'out'
+    assert _killed_export(ckpt, out, 'SIGTERM') == 128 + signal.SIGTERM
+    assert list(out.parent.iterdir()) == []  # SIGTERM unwinds: the partial folder is removed
+
+    assert _killed_export(ckpt, out, 'SIGKILL') == -signal.SIGKILL
+    (partial,) = out.parent.iterdir()  # SIGKILL runs no code: a hidden folder that loads with local-dir: is left
+    assert partial.name.startswith('.out.') and partial.name.endswith('.partial')
+    assert (partial / 'config.json').is_file() and (partial / 'model.safetensors').is_file()
+    # a live process's partial folder (another export of the same --out, running now) is not touched
+    live = partial.with_name(re.sub(r'\.\d+\.(\w+)\.partial$', rf'.{os.getpid()}.\1.partial', partial.name))
+    shutil.copytree(partial, live)
+    assert export_main([str(ckpt), '--out', str(out)]) == 0
+    assert 'killed' in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([live.name, 'out'])
 
 
 def test_interrupted_export_leaves_no_folder(run, tmp_path, monkeypatch):
@@ -255,6 +337,67 @@ def test_export_errors_name_the_file(run, exported, tmp_path, capsys):
     assert export_main([str(bare), '--model', 'tm_resnet18_small', '--use-ema', '--out', str(tmp_path / 'c')]) == 1
     assert 'no EMA weights' in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_export_input_errors_are_one_line_naming_the_flag_or_file(run, tmp_path, capsys):
+    ckpt = run[0] / 'model_best.pth.tar'
+    bad_json = tmp_path / 'names.json'
+    bad_json.write_text('["digit_0", "digit_1",')
+    bad_csv = tmp_path / 'summary.csv'
+    bad_csv.write_text('epoch,train_loss,eval_loss,eval_top1,eval_top5\n0,1.0,0.9,abc,99\n')
+    sd = timm.create_model('tm_resnet18_small', num_classes=10).state_dict()
+    bad_args = tmp_path / 'bad_args.pth.tar'
+    torch.save({'state_dict': sd, 'args': 5, 'epoch': 0}, bad_args)
+    cases = [
+        ([str(ckpt), '--model-kwargs', 'bogus=1'], ['--model-kwargs', 'bogus']),
+        ([str(ckpt), '--label-names', str(bad_json)], ['--label-names', str(bad_json), 'JSON']),
+        ([str(ckpt), '--summary', str(bad_csv)], ['--summary', str(bad_csv), "'abc'"]),
+        ([str(bad_args), '--model', 'tm_resnet18_small'], [str(bad_args), "'args' has type int"]),
+        ([str(ckpt), '--num-classes', '0'], ['--num-classes']),
+    ]
+    for i, (argv, needles) in enumerate(cases):
+        assert export_main([*argv, '--out', str(tmp_path / f'out{i}')]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and err.startswith('timm-tm export: error: '), err
+        assert all(n in err for n in needles), (needles, err)
+        assert not (tmp_path / f'out{i}').exists()
+
+
+@pytest.mark.parametrize(
+    'flag, value',
+    [
+        ('--name', "tm_resnet18_small.x', pretrained=True); import os; os.system('id'); ('"),
+        ('--name', 'tm_resnet18_small.a b'),
+        ('--name', 'tm_resnet18_small.x\n---'),
+        ('--name', 'tm_resnet18_small..x'),
+        ('--repo', "me/x', pretrained=True); import os; ('"),
+        ('--repo', 'me/x y'),
+        ('--repo', '../evil'),
+        ('--repo', 'a/b/c'),
+    ],
+)
+def test_export_refuses_names_the_hub_would_not_take(run, tmp_path, capsys, flag, value):
+    """--name and --repo are pasted into the card's code snippets and config.json: only Hub names pass."""
+    out = tmp_path / 'out'
+    assert export_main([str(run[0] / 'model_best.pth.tar'), '--out', str(out), flag, value]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'timm-tm export: error: {flag} ') and 'Hub' in err
+    assert not out.exists()
+
+
+def test_local_dir_weights_sha256_that_is_not_a_mapping_is_refused(exported, tmp_path):
+    """A config.json whose weights_sha256 is a string, a list or lacks the weights file would switch the integrity
+    check off: the weights (here altered) are refused instead."""
+    for i, recorded in enumerate(['0' * 64, ['x'], {}, {'model.safetensors': 5}, {'other.safetensors': '0' * 64}]):
+        folder = tmp_path / f'f{i}'
+        shutil.copytree(exported, folder)
+        config = json.loads((folder / 'config.json').read_text())
+        config['weights_sha256'] = recorded
+        (folder / 'config.json').write_text(json.dumps(config))
+        _corrupt(folder / 'model.safetensors', 'altered')
+        with pytest.raises(WeightsFileError, match='weights_sha256') as e:
+            timm.create_model(f'local-dir:{folder}', pretrained=True)
+        assert str(folder / 'config.json') in str(e.value)
 
 
 def test_wrong_model_checkpoint_error_names_keys(tmp_path, capsys):
@@ -316,20 +459,58 @@ def test_push_dry_run_lists_files_sizes_and_destination(exported, monkeypatch, c
     assert listed == [(p.name, f'{p.stat().st_size:,}') for p in sorted(exported.iterdir())]
 
 
-def test_push_refuses_pickles_and_broken_folders(exported, tmp_path, capsys):
-    folder = tmp_path / 'f'
+def _export_copy(exported: Path, folder: Path) -> Path:
     folder.mkdir()
     for p in exported.iterdir():
         (folder / p.name).write_bytes(p.read_bytes())
-    (folder / 'pytorch_model.bin').write_bytes(b'pickle')
-    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
-    assert 'safetensors only' in capsys.readouterr().err
-    (folder / 'pytorch_model.bin').unlink()
+    return folder
+
+
+def test_push_refuses_broken_folders_and_bad_repo_ids(exported, tmp_path, capsys):
+    folder = _export_copy(exported, tmp_path / 'f')
     _corrupt(folder / 'model.safetensors', 'altered')
     assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
     assert 'altered or truncated' in capsys.readouterr().err
-    assert push_main([str(exported), '--repo', 'no-slash', '--dry-run']) == 1
-    assert 'ORG/NAME' in capsys.readouterr().err
+    (folder / 'README.md').unlink()
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
+    assert 'missing README.md' in capsys.readouterr().err
+    for repo in ('no-slash', '../evil', 'me/x y', 'me/x"y', 'a/b/c', 'me/-x', 'me/x.git', 'me/x--y', 'me/é'):
+        assert push_main([str(exported), '--repo', repo, '--dry-run']) == 1, repo
+        err = capsys.readouterr().err
+        assert err.startswith('timm-tm push: error: --repo ') and err.count('\n') == 1, err
+
+
+def test_push_uploads_only_what_an_export_writes(exported, tmp_path, capsys):
+    """Dotfiles, pickles under any suffix, and links next to the export are never uploaded, and are named."""
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('not for the Hub')
+    folder = _export_copy(exported, tmp_path / 'f')
+    extras = ['.env', 'id_rsa', 'weights.PT', 'model.joblib', 'w.pth.bak', 'pytorch_model.bin']
+    for name in extras:
+        (folder / name).write_bytes(b'private')
+    (folder / 'link.txt').symlink_to(secret)
+    (folder / 'sub').mkdir()
+    (folder / 'sub' / 'config.json').write_text('{}')
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    listed = re.findall(r'^  (\S+)\s+[\d,]+ bytes$', out, flags=re.M)
+    assert listed == ['README.md', 'config.json', 'model.safetensors']
+    (note,) = [line for line in out.splitlines() if 'not uploading' in line]
+    assert all(name in note for name in [*extras, 'link.txt', 'sub'])
+
+
+def test_push_refuses_an_export_file_that_links_out_of_the_folder(exported, tmp_path, capsys):
+    outside = tmp_path / 'card.md'
+    outside.write_text((exported / 'README.md').read_text())
+    folder = _export_copy(exported, tmp_path / 'f')
+    (folder / 'README.md').unlink()
+    (folder / 'README.md').symlink_to(outside)
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
+    err = capsys.readouterr().err
+    assert 'README.md' in err and str(outside) in err and 'outside' in err
+    (folder / 'README.md').unlink()
+    (folder / 'README.md').symlink_to('config.json')  # a link inside the folder sends nothing from elsewhere
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 0
 
 
 @pytest.fixture
@@ -395,6 +576,32 @@ def test_push_refused_by_the_hub_is_a_one_line_error(exported, online, monkeypat
         server.server_close()
     line = _one_line_error(capsys)
     assert 'the Hub refused' in line and 'HTTP 401' in line and 'secret' not in line
+
+
+def test_push_passes_the_allow_list_to_the_upload(exported, online, tmp_path, monkeypatch, capsys):
+    """What huggingface_hub's upload_folder would commit, from the arguments push gives it: the export's files only
+    (the commit itself is stopped before any request)."""
+    from huggingface_hub import HfApi
+
+    folder = _export_copy(exported, tmp_path / 'f')
+    for name in ('.env', 'weights.PT', 'notes.txt'):
+        (folder / name).write_text('private')
+    (folder / 'link.safetensors').symlink_to(folder / 'model.safetensors')
+    committed = []
+    prepare = HfApi._prepare_upload_folder_additions
+
+    def record(self, *args, **kwargs):
+        ops = prepare(self, *args, **kwargs)
+        committed.extend(op.path_in_repo for op in ops)
+        raise RuntimeError('stopped before the commit')
+
+    monkeypatch.setattr(HfApi, 'create_repo', lambda self, *a, **k: None)
+    monkeypatch.setattr(HfApi, '_validate_yaml', lambda self, *a, **k: None)
+    monkeypatch.setattr(HfApi, '_prepare_upload_folder_additions', record)
+    monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
+    assert push_main([str(folder), '--repo', 'a/b']) == 1
+    assert 'stopped before the commit' in capsys.readouterr().err
+    assert sorted(committed) == ['README.md', 'config.json', 'model.safetensors']
 
 
 # ---------------------------------------------------------------------------------------------------- model cards

@@ -16,14 +16,28 @@ import argparse
 import ast
 import csv
 import json
+import math
 import os
+import re
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from timm_tm.checkpoints import (
+    CheckpointError,
+    data_args_from_args,
+    label_names_from_args,
+    model_kwargs_from_args,
+    num_classes_from,
+    read_checkpoint,
+    read_label_names_file,
+)
 from timm_tm.weights import (
     HUB_NAMESPACE,
     TM_WEIGHTS,
@@ -36,19 +50,24 @@ from timm_tm.weights import (
 
 __all__ = [
     'HUB_NAMESPACE',
+    'EXPORT_FILES',
     'ExportError',
     'PushError',
     'load_checkpoint_file',
+    'hub_name_problem',
     'export',
     'push',
     'export_main',
     'push_main',
 ]
 
-# pickled formats: never published, read only with weights_only=True
-_PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.tar', '.ckpt', '.pkl', '.pickle')
-# train.py arguments that describe the preprocessing the weights were evaluated with
-_DATA_ARGS = ('input_size', 'img_size', 'in_chans', 'crop_pct', 'mean', 'std', 'interpolation', 'crop_mode')
+# what an export writes, and so all that `--force` may replace and `push` may upload
+EXPORT_FILES: Tuple[str, ...] = ('README.md', 'config.json', WEIGHTS_NAME)
+# a Hub repo / user / org name: ASCII letters, digits, '_', '-', '.', not starting or ending with '-' or '.'
+_HUB_NAME_RE = re.compile(r'[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?')
+# the export's temporary folders (<out>.partial while written, <out>.old while swapped) are named after the
+# process that made them, so that a later export can tell an abandoned one (SIGKILL) from one still running
+_WORK_TAG = 'timm-tm-export'
 
 
 class ExportError(RuntimeError):
@@ -62,127 +81,76 @@ class PushError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------- export
 
 
-def load_checkpoint_file(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """A train.py checkpoint (``.pth.tar``), a bare state_dict (``.pth``) or ``.safetensors`` -> (state_dict, meta).
+# train.py checkpoints are read in one place, shared with `timm-tm visualize` (timm_tm.checkpoints)
+load_checkpoint_file = read_checkpoint
 
-    Pickled files are read with ``weights_only=True`` (train.py's ``args`` Namespace allowed). ``use_ema`` takes
-    ``state_dict_ema`` and fails when there is none. ``meta`` holds ``args`` (a dict, empty if not recorded),
-    ``epoch``, ``metric``, ``arch`` and ``key`` (the entry the weights came from).
-    """
-    import torch
-    from timm.models import clean_state_dict
 
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f'{path}: checkpoint not found')
-    if path.suffix == '.safetensors':
-        import safetensors.torch
-
-        verify_weights_file(path)
-        checkpoint = safetensors.torch.load_file(str(path), device='cpu')
-    else:
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(
-                f'{path}: cannot read it as a checkpoint with weights_only=True (truncated, altered or not a torch '
-                f'checkpoint): {msg}'
-            ) from e
-    if not isinstance(checkpoint, dict):
-        raise ExportError(f'{path}: expected a dict (a state_dict or a train.py checkpoint), got {type(checkpoint)}')
-
-    meta: Dict[str, Any] = {'args': {}, 'epoch': None, 'metric': None, 'arch': None, 'key': None}
-    is_training_checkpoint = any(k in checkpoint for k in ('state_dict', 'state_dict_ema', 'model', 'model_ema'))
-    if is_training_checkpoint:
-        args = checkpoint.get('args')
-        meta.update(
-            args=dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {}),
-            epoch=checkpoint.get('epoch'),
-            metric=checkpoint.get('metric'),
-            arch=checkpoint.get('arch'),
+def hub_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` is not a valid Hub repo (or user / org) name, as the Hub's rules go; None when it is."""
+    if not isinstance(name, str) or not name:
+        return 'empty'
+    if not _HUB_NAME_RE.fullmatch(name):
+        return (
+            "use only ASCII letters, digits, '_', '-' and '.', not starting or ending with '-' or '.', at most 96 "
+            'characters'
         )
-        keys = ('state_dict_ema', 'model_ema') if use_ema else ('state_dict', 'model')
-        key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
-        if key is None:
-            if use_ema:
-                raise ExportError(
-                    f'{path}: --use-ema: the checkpoint has no EMA weights (state_dict_ema); train with '
-                    '--model-ema, or export without --use-ema'
-                )
-            raise ExportError(f'{path}: the checkpoint has no "state_dict" entry (found {sorted(checkpoint)})')
-        meta['key'] = key
-        state_dict = checkpoint[key]
-    else:
-        if use_ema:
-            raise ExportError(f'{path}: --use-ema: a bare state_dict has no EMA weights')
-        state_dict = checkpoint
-    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise ExportError(f'{path}: state_dict entries that are not tensors: {not_tensors[:8]}')
-    return clean_state_dict(state_dict), meta
+    if '--' in name or '..' in name:
+        return "'--' and '..' are not allowed"
+    if name.endswith('.git'):
+        return "it may not end with '.git'"
+    return None
+
+
+def _repo_id_problem(repo_id: Any) -> Optional[str]:
+    if not isinstance(repo_id, str) or repo_id.count('/') != 1:
+        return 'expected ORG/NAME'
+    for part in repo_id.split('/'):
+        problem = hub_name_problem(part)
+        if problem:
+            return f'{part!r}: {problem}'
+    return None
 
 
 def _read_label_names(path: Path, num_classes: int) -> List[str]:
-    try:
-        text = path.read_text(encoding='utf-8')
-    except OSError as e:
-        raise ExportError(f'--label-names: cannot read {path}: {e}') from e
-    if path.suffix == '.json':
-        data = json.loads(text)
-        if isinstance(data, dict):  # {"0": "cat", ...} or {"cat": 0, ...}
-            if all(str(k).isdigit() for k in data):
-                data = [data[k] for k in sorted(data, key=int)]
-            else:
-                data = [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
-        names = [str(n) for n in data]
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = read_label_names_file(path, '--label-names')
     if len(names) != num_classes:
         raise ExportError(f'--label-names: {path} names {len(names)} classes, the model has {num_classes}')
     return names
 
 
-def _label_names_from_args(args: Dict[str, Any], num_classes: int) -> Optional[Tuple[List[str], str]]:
-    """Class names in train.py's order: its --class-map file, else the class folders of its train split."""
-    from timm.utils import natural_key
-
-    class_map = args.get('class_map')
-    if class_map and Path(class_map).is_file() and Path(class_map).suffix == '.txt':
-        names = [line.strip() for line in Path(class_map).read_text().splitlines() if line.strip()]
-        if len(names) == num_classes:
-            return names, str(class_map)
-    data_dir = args.get('data_dir') or args.get('data')
-    if data_dir and not args.get('dataset'):
-        for split in (args.get('train_split') or 'train', ''):
-            root = Path(data_dir) / split
-            if root.is_dir():
-                names = sorted((d.name for d in root.iterdir() if d.is_dir()), key=natural_key)
-                if len(names) == num_classes:
-                    return names, str(root)
-    return None
-
-
 def _summary_metrics(path: Path, epoch: Optional[int]) -> Dict[str, Any]:
     """The row of train.py's summary.csv for ``epoch`` (else the best eval_top1): top-1, top-5, loss, epoch."""
     try:
-        with open(path, newline='') as f:
+        with open(path, newline='', encoding='utf-8') as f:
             rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise ExportError(f'--summary: cannot read {path}: {e}') from e
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ExportError(f'--summary: cannot read {path} as a CSV file: {e}') from e
+
+    def num(row: Dict[str, Any], key: str) -> Optional[float]:
+        v = row.get(key)
+        if v in (None, ''):
+            return None
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not math.isfinite(x):
+            raise ExportError(f'--summary: {path}: {key} is {v!r} at epoch {row.get("epoch")!r}, not a number')
+        return x
+
     rows = [r for r in rows if r.get('eval_top1') not in (None, '')]
     if not rows:
         raise ExportError(f'--summary: {path} has no eval_top1 column or rows (was the run evaluated?)')
+    top1 = [num(r, 'eval_top1') for r in rows]  # every row checked: the best one is picked among them
     row = next((r for r in rows if epoch is not None and r.get('epoch') == str(epoch)), None)
     if row is None:
-        row = max(rows, key=lambda r: float(r['eval_top1']))
-
-    def num(key):
-        v = row.get(key)
-        return float(v) if v not in (None, '') else None
-
-    return {'top1': num('eval_top1'), 'top5': num('eval_top5'), 'loss': num('eval_loss'), 'epoch': row.get('epoch')}
+        row = rows[max(range(len(rows)), key=lambda i: top1[i])]
+    return {
+        'top1': num(row, 'eval_top1'),
+        'top5': num(row, 'eval_top5'),
+        'loss': num(row, 'eval_loss'),
+        'epoch': row.get('epoch'),
+    }
 
 
 def _fmt(x: Optional[float], digits: int = 2) -> str:
@@ -230,24 +198,122 @@ def _parse_model_kwargs(values: Optional[Sequence[str]]) -> Dict[str, Any]:
     kw = {}
     for item in values or ():
         key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise ExportError(f'--model-kwargs: expected key=value, got {item!r}')
+        if not sep or not key.isidentifier():
+            raise ExportError(f'--model-kwargs: expected key=value with a Python name as key, got {item!r}')
         try:
             kw[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             kw[key] = value
     return kw
 
 
+def _work_prefix(out: Path, pid: Optional[int] = None) -> str:
+    """Name prefix of the temporary folders an export of ``out`` makes beside it (hidden, tagged with the host and
+    process that made them)."""
+    pid = os.getpid() if pid is None else pid
+    return f'.{out.name}.{_WORK_TAG}.{socket.gethostname()}.{pid}.'
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or no way to tell: keep its folder
+    return True
+
+
+def _holds_only_export_files(folder: Path) -> bool:
+    """True when ``folder`` holds nothing but regular files an export writes (no links, no folders)."""
+    try:
+        return all(p.name in EXPORT_FILES and p.is_file() and not p.is_symlink() for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _remove_abandoned_work(out: Path) -> None:
+    """Remove the temporary folders of exports of ``out`` whose process is gone (killed with SIGKILL, or the machine
+    went down): a ``.partial`` folder holds a loadable config.json + model.safetensors that nothing should mistake
+    for an export. Only folders this host's exports made, holding only export files, are removed."""
+    head = f'.{out.name}.{_WORK_TAG}.{socket.gethostname()}.'
+    pattern = re.compile(re.escape(head) + r'(\d+)\.[a-z0-9_]+\.(partial|old)')
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if not m or p.is_symlink() or not p.is_dir() or _pid_alive(int(m.group(1))):
+            continue
+        if m.group(2) == 'partial':
+            removable = _holds_only_export_files(p)
+        else:  # <prefix>.old/export: the previous export, taken out of the way of the new one
+            children = list(p.iterdir())
+            removable = all(c.name == 'export' and c.is_dir() and not c.is_symlink() for c in children) and all(
+                _holds_only_export_files(c) for c in children
+            )
+        if removable:
+            shutil.rmtree(p, ignore_errors=True)
+            print(f'timm-tm export: removed {p}, left by an export of {out} that was killed')
+
+
+def _check_out(out, force: bool, inputs: Dict[str, Any]) -> Path:
+    """``out`` as an absolute path, once it is clear that writing it loses nothing: it is none of the export's
+    inputs, nor holds one, nor holds the working directory; and if it exists, ``force`` is given and it holds only
+    files an export writes (a previous export)."""
+    out = Path(os.path.abspath(out))
+    if out.parent == out:
+        raise ExportError(f'--out {out}: a file system root cannot be an export folder')
+    real = out.resolve()
+    for flag, value in inputs.items():
+        if value is None:
+            continue
+        src = Path(value).resolve()
+        if src == real or real in src.parents:
+            raise ExportError(
+                f"--out {out}: holds the export's own input ({flag} {value}); export to a new folder instead"
+            )
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise ExportError(f'--out {out}: is the current directory or one above it; export to a new folder instead')
+    if out.is_symlink():
+        raise ExportError(f'--out {out}: is a symbolic link; give the folder itself')
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ExportError(f'--out {out} exists and is not a folder')
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES or p.is_symlink() or not p.is_file())
+    if foreign:
+        shown = ', '.join(foreign[:8]) + (f' and {len(foreign) - 8} more' if len(foreign) > 8 else '')
+        raise ExportError(
+            f'--out {out} exists and holds {shown}, which an export does not write: it is not a previous export, and '
+            '--force only replaces one; export to a new folder instead'
+        )
+    if not force:
+        raise ExportError(f'--out {out} exists: pass --force to replace it')
+    return out
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``; an existing ``out`` is swapped out, then removed."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.old', dir=out.parent))
-        os.rename(out, old / out.name)
+    """Move the finished ``tmp`` folder to ``out``; an existing ``out`` (a previous export) is swapped out, then
+    removed. On failure, ``out`` is left as it was."""
+    if not out.exists():
         os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = Path(tempfile.mkdtemp(prefix=_work_prefix(out), suffix='.old', dir=out.parent))
+    try:
+        os.rename(out, old / 'export')
+    except BaseException:
+        old.rmdir()
+        raise
+    try:
         os.rename(tmp, out)
+    except BaseException:
+        os.rename(old / 'export', out)
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export(
@@ -268,8 +334,9 @@ def export(
     """Write ``out`` (model.safetensors, config.json, README.md) from a train.py ``checkpoint``; returns ``out``.
 
     The folder is written beside ``out`` under a temporary name, checked (``local-dir:`` reload gives the same
-    logits as the checkpoint), then renamed: an interrupted export leaves no half folder. ``force`` replaces an
-    existing ``out``.
+    logits as the checkpoint), then renamed: an interrupted export leaves no half folder (one killed outright leaves
+    a hidden ``.partial`` folder, removed by the next export of ``out``). ``force`` replaces an existing ``out``
+    only when it is a previous export (it holds nothing but ``EXPORT_FILES``) and none of the inputs is in it.
     """
     import timm
     import torch
@@ -279,37 +346,47 @@ def export(
     from timm_tm.model_card import find_card_template, render_card
     from timm_tm.profiling import profile_model
 
-    out = Path(out)
-    if out.exists() and not (force and out.is_dir()):
-        raise ExportError(f'--out {out} exists' + (': pass --force to replace it' if out.is_dir() else ''))
+    inputs = {'checkpoint': checkpoint, '--summary': summary, '--label-names': label_names, '--card': card}
+    out = _check_out(out, force, inputs)
+    for flag, value in (('--name', name), ('--repo', repo_id)):
+        if value is not None:
+            problem = (hub_name_problem if flag == '--name' else _repo_id_problem)(value)
+            if problem:
+                raise ExportError(f'{flag} {value!r}: not a valid Hugging Face Hub name: {problem}')
+    if num_classes is not None and num_classes < 1:
+        raise ExportError(f'--num-classes {num_classes}: must be >= 1')
+    if dataset is not None and (not dataset.strip() or not dataset.isprintable()):
+        raise ExportError(f'--dataset {dataset!r}: must be a non-empty name on one line')
 
-    state_dict, meta = load_checkpoint_file(checkpoint, use_ema=use_ema)
+    state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
     args = meta['args']
     model_name = model or args.get('model') or meta.get('arch')
-    if not model_name or not timm.is_model(model_name):
+    if not isinstance(model_name, str) or not timm.is_model(model_name):
         raise ExportError(f'--model: unknown model {model_name!r} (checkpoint arch {meta.get("arch")!r})')
     if args.get('model') and args['model'] != model_name:
         print(f'timm-tm export: note: {checkpoint} was trained as {args["model"]}, exporting as {model_name}')
     name = name or model_name
     if name.split('.')[0] != model_name:
         raise ExportError(f'--name {name}: must be {model_name} or {model_name}.<tag>')
+    problem = hub_name_problem(name)
+    if problem:
+        raise ExportError(f'--name {name!r}: not a valid Hugging Face Hub name: {problem}')
     repo_id = repo_id or tm_hub_id(name)
+    problem = _repo_id_problem(repo_id)
+    if problem:
+        raise ExportError(f'--repo {repo_id!r} (default {HUB_NAMESPACE}/NAME): not a valid Hub repo id: {problem}')
 
-    kwargs: Dict[str, Any] = dict(args.get('model_kwargs') or {})
-    if args.get('in_chans') is not None:
-        kwargs['in_chans'] = args['in_chans']
-    if args.get('gp') is not None:
-        kwargs['global_pool'] = args['gp']
-    if args.get('bn_eps') is not None:
-        kwargs['bn_eps'] = args['bn_eps']
+    kwargs = model_kwargs_from_args(args, str(checkpoint))
     kwargs.update(model_kwargs or {})
     if num_classes is None:
-        num_classes = kwargs.pop('num_classes', None) or args.get('num_classes')
+        num_classes = kwargs.get('num_classes')
     kwargs.pop('num_classes', None)
-    if num_classes is None and 'fc.weight' in state_dict:
-        num_classes = int(state_dict['fc.weight'].shape[0])
+    if num_classes is None:
+        num_classes = num_classes_from(args, state_dict, str(checkpoint))
     if num_classes is None:
         raise ExportError(f'{checkpoint}: cannot tell the number of classes: pass --num-classes')
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ExportError(f'--model-kwargs num_classes={num_classes!r}: must be an int >= 1')
     if name in TM_WEIGHTS:
         tag_classes = TM_WEIGHTS[name]['num_classes']
         extra = {k: v for k, v in kwargs.items() if not (k == 'in_chans' and v == 3)}
@@ -319,15 +396,18 @@ def export(
                 f'weights need num_classes={num_classes}, {extra}: export them under another --name'
             )
 
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ExportError(f'{checkpoint}: non-finite values (NaN / inf) in {bad[:8]}: the run diverged')
     # the source tag's provenance (hf_hub_id, tag, notes) does not describe the exported weights
     tag = name.split('.', 1)[1] if '.' in name else None
     overlay = dict(tag=tag, notes=None, origin_url=None, hf_hub_id=None, url=None)
-    net = timm.create_model(
-        model_name, pretrained=False, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs
-    )
+    try:
+        net = timm.create_model(
+            model_name, pretrained=False, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs
+        )
+    except Exception as e:  # a kwarg the model does not take, a bad value: whatever the constructor raised
+        msg = ' '.join(str(e).split()) or type(e).__name__
+        raise ExportError(
+            f'cannot build {model_name} with kwargs {kwargs} (from --model-kwargs and the args of {checkpoint}): {msg}'
+        ) from e
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as e:
@@ -337,9 +417,11 @@ def export(
     labels, labels_from = None, None
     if label_names:
         labels, labels_from = _read_label_names(Path(label_names), num_classes), str(label_names)
+    elif meta.get('label_names') and len(meta['label_names']) == num_classes:
+        labels, labels_from = meta['label_names'], f'{checkpoint} (label_names)'
     else:
-        found = _label_names_from_args(args, num_classes)
-        if found:
+        found = label_names_from_args(args)
+        if found and len(found[0]) == num_classes:
             labels, labels_from = found
     metrics = _summary_metrics(Path(summary), meta.get('epoch')) if summary else None
     if metrics and args.get('model_ema') and not use_ema:
@@ -347,10 +429,12 @@ def export(
             "timm-tm export: warning: the run used --model-ema, so summary.csv holds the EMA model's eval metrics; "
             'pass --use-ema to export the weights they describe'
         )
-    data_config = {k: args[k] for k in _DATA_ARGS if args.get(k) is not None}
+    data_config = data_args_from_args(args, str(checkpoint))
+    ds = dataset or _dataset_name(name, args)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.partial', dir=out.parent))
+    _remove_abandoned_work(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(out), suffix='.partial', dir=out.parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -378,7 +462,7 @@ def export(
         if metrics:
             split = args.get('val_split') or 'validation'
             metric_text = (
-                f'Measured by timm train.py on the {split} split of {dataset or _dataset_name(name, args)} '
+                f'Measured by timm train.py on the {split} split of {ds} '
                 f'at {input_size[1]} x {input_size[2]} px ({"EMA" if use_ema else "model"} weights):\n\n'
                 '| model | top-1 | top-5 | eval loss | epoch | params (M) | GMACs |\n'
                 '|---|---|---|---|---|---|---|\n'
@@ -387,7 +471,6 @@ def export(
             )
         else:
             metric_text = 'No evaluation was given to the export (`--summary`): no accuracy is claimed.'
-        ds = dataset or _dataset_name(name, args)
         if name in TM_WEIGHTS:
             description = f'{TM_WEIGHTS[name]["recipe"]}.'
         elif ds == 'unknown':
@@ -402,7 +485,7 @@ def export(
             'repo_id': repo_id,
             'architecture': model_name,
             'license': net.pretrained_cfg.get('license') or 'apache-2.0',
-            'datasets_yaml': f'- {ds}',
+            'datasets_yaml': f'- {json.dumps(ds)}',  # a JSON string is a YAML scalar whatever the name holds
             'dataset': ds,
             'description': description,
             'num_classes': str(num_classes),
@@ -436,10 +519,17 @@ def _dataset_name(name: str, args: Dict[str, Any]) -> str:
     if name in TM_WEIGHTS:
         return TM_WEIGHTS[name]['dataset']
     dataset = args.get('dataset') or ''
-    if dataset:
+    if isinstance(dataset, str) and dataset.split('/')[-1].isprintable() and dataset.split('/')[-1]:
         return dataset.split('/')[-1]
     data_dir = args.get('data_dir') or args.get('data')
-    return Path(data_dir).name if data_dir else 'unknown'
+    if isinstance(data_dir, str) and Path(data_dir).name and Path(data_dir).name.isprintable():
+        return Path(data_dir).name
+    return 'unknown'
+
+
+def _terminated(signum, frame):
+    # SIGTERM (kill, a job scheduler's time limit) unwinds like Ctrl-C, so that the partial folder is removed
+    raise SystemExit(128 + signum)
 
 
 def export_main(argv: Optional[List[str]] = None) -> int:
@@ -462,6 +552,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--card', help='model card template (default: model_cards/NAME.md, else the packaged one)')
     parser.add_argument('--force', action='store_true', help='replace an existing --out folder')
     ns = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         out = export(
             ns.checkpoint,
@@ -478,9 +570,12 @@ def export_main(argv: Optional[List[str]] = None) -> int:
             card=ns.card,
             force=ns.force,
         )
-    except (ExportError, WeightsFileError, OSError, ValueError, RuntimeError) as e:
+    except (ExportError, CheckpointError, WeightsFileError, OSError, ValueError, RuntimeError) as e:
         print(f'timm-tm export: error: {e}', file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     files = ', '.join(f'{p.name} ({p.stat().st_size:,} B)' for p in sorted(out.iterdir()))
     print(f'exported {out}: {files}')
     return 0
@@ -489,22 +584,28 @@ def export_main(argv: Optional[List[str]] = None) -> int:
 # ----------------------------------------------------------------------------------------------------------- push
 
 
-def _folder_files(folder: Path) -> List[Path]:
-    """Files ``push`` uploads (relative paths), after the checks that keep a bad folder off the Hub."""
+def _folder_files(folder: Path) -> Tuple[List[str], List[str]]:
+    """(files ``push`` uploads, other entries it leaves out), after the checks that keep a bad folder off the Hub.
+
+    Only ``EXPORT_FILES`` are uploaded; each must be a regular file inside ``folder`` (a link that leads out of it,
+    e.g. to a system file, is refused: the upload would send what it points to).
+    """
     if not folder.is_dir():
         raise PushError(f'{folder}: not a folder (make one with `timm-tm export`)')
-    files = sorted(p.relative_to(folder) for p in folder.rglob('*') if p.is_file() and '.git' not in p.parts)
-    pickled = [str(p) for p in files if p.name.endswith(_PICKLE_SUFFIXES)]
-    if pickled:
-        raise PushError(f'{folder}: {", ".join(pickled)}: published weights are safetensors only; remove them')
-    missing = [n for n in (WEIGHTS_NAME, 'config.json', 'README.md') if not (folder / n).is_file()]
+    root = folder.resolve()
+    missing = [n for n in EXPORT_FILES if not (folder / n).is_file()]
     if missing:
         raise PushError(f'{folder}: missing {", ".join(missing)} (make the folder with `timm-tm export`)')
+    for n in EXPORT_FILES:
+        real = (folder / n).resolve()
+        if root not in real.parents:
+            raise PushError(f'{folder / n}: a link to {real}, outside {folder}; push uploads only files in the folder')
     try:
         verify_weights_file(folder / WEIGHTS_NAME)
     except WeightsFileError as e:
         raise PushError(str(e)) from e
-    return files
+    others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES and p.name != '.git')
+    return list(EXPORT_FILES), others
 
 
 def _one_line(e: BaseException, token: Optional[str]) -> str:
@@ -530,10 +631,18 @@ def push(
     from huggingface_hub import constants
 
     folder = Path(folder)
-    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise PushError(f'--repo: expected ORG/NAME, got {repo_id!r}')
-    files = _folder_files(folder)
-    sizes = [(p.as_posix(), (folder / p).stat().st_size) for p in files]
+    problem = _repo_id_problem(repo_id)
+    if problem:
+        raise PushError(f'--repo {repo_id!r}: not a valid Hugging Face Hub repo id: {problem}')
+    if revision is not None and (not revision.strip() or not revision.isprintable()):
+        raise PushError(f'--revision {revision!r}: not a branch name')
+    files, others = _folder_files(folder)
+    sizes = [(n, (folder / n).stat().st_size) for n in files]
+    if others:
+        shown = ', '.join(others[:8]) + (f' and {len(others) - 8} more' if len(others) > 8 else '')
+        print(
+            f'timm-tm push: not uploading {shown}: push uploads only what `timm-tm export` writes ({", ".join(files)})'
+        )
     readme = (folder / 'README.md').read_text(encoding='utf-8', errors='replace')
     if 'hf-hub:' in readme and f'hf-hub:{repo_id}' not in readme:
         print(f'timm-tm push: warning: README.md snippets load another repo than {repo_id} (export --repo)')
@@ -565,7 +674,7 @@ def push(
             repo_id=repo_id,
             folder_path=str(folder),
             revision=revision,
-            allow_patterns=[n for n, _ in sizes],
+            allow_patterns=list(EXPORT_FILES),  # exact names, no wildcards: nothing else can be sent
             commit_message=commit_message,
         )
     except Exception as e:

@@ -130,15 +130,33 @@ def sha256_file(path) -> str:
 
 
 def _recorded_sha256(folder: Path, filename: str) -> Optional[str]:
-    """The SHA-256 that ``timm-tm export`` recorded for ``filename`` in ``folder/config.json``, if any."""
+    """The SHA-256 that ``timm-tm export`` recorded for ``filename`` in ``folder/config.json``, if any.
+
+    A ``weights_sha256`` entry that is not a ``{file: sha256}`` mapping, or that does not list ``filename``, is
+    refused rather than read as "nothing recorded": that would switch the integrity check off.
+    """
     config = folder / 'config.json'
     if not config.is_file():
         return None
     try:
-        recorded = json.loads(config.read_text(encoding='utf-8')).get('weights_sha256') or {}
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(config.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise WeightsFileError(f'{config}: not readable JSON ({e}); the weights beside it cannot be checked') from e
+    if not isinstance(data, dict) or data.get('weights_sha256') is None:
         return None
-    return recorded.get(filename) if isinstance(recorded, dict) else None
+    recorded = data['weights_sha256']
+    if not isinstance(recorded, dict):
+        raise WeightsFileError(
+            f'{config}: weights_sha256 has type {type(recorded).__name__}, expected {{"{filename}": "<sha256>"}}: the '
+            'folder was altered; export it again'
+        )
+    sha = recorded.get(filename)
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha.lower()):
+        raise WeightsFileError(
+            f'{config}: weights_sha256 gives no SHA-256 for {filename} (it has {sha!r}): the folder was altered; '
+            'export it again'
+        )
+    return sha
 
 
 def verify_weights_file(path, expected_sha256: Optional[str] = None) -> None:

@@ -1,0 +1,278 @@
+"""Reading a timm train.py checkpoint: the one place ``timm-tm export`` and ``timm-tm visualize`` take weights,
+training args and class names from, so that the two commands cannot disagree on what a checkpoint holds.
+
+* :func:`read_checkpoint`: the state_dict (model or EMA weights, never one in place of the other) and the
+  metadata train.py stored (``args``, ``epoch``, ``metric``, ``arch``, ``label_names``). Pickled files are read
+  with ``weights_only=True``, ``.safetensors`` files are verified (:func:`timm_tm.weights.verify_weights_file`)
+  before they are read, and weights that are not all finite tensors are refused.
+* :func:`model_kwargs_from_args` / :func:`data_args_from_args`: the model kwargs and the preprocessing the run
+  used, checked for type.
+* :func:`label_names_from_args`, :func:`read_label_names_file`, :func:`check_label_names`: class names from the
+  run's ``--class-map`` or train folder, from a ``--label-names`` file, or from a config.
+
+Every error is a :class:`CheckpointError` with a one-line message that names the file (or flag) at fault.
+"""
+
+import argparse
+import json
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = [
+    'CheckpointError',
+    'read_checkpoint',
+    'model_kwargs_from_args',
+    'data_args_from_args',
+    'num_classes_from',
+    'label_names_from_args',
+    'read_label_names_file',
+    'check_label_names',
+]
+
+# entries of a train.py checkpoint that hold weights; the EMA ones only with use_ema, the others only without
+MODEL_KEYS = ('state_dict', 'model')
+EMA_KEYS = ('state_dict_ema', 'model_ema')
+# train.py arguments that describe the preprocessing the weights were trained / evaluated with
+DATA_ARGS = ('input_size', 'img_size', 'in_chans', 'crop_pct', 'mean', 'std', 'interpolation', 'crop_mode')
+# dataset names timm's create_dataset reads as an ImageFolder (class folders give the label names)
+_FOLDER_DATASETS = ('', 'folder', 'imagefolder', 'image_folder')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint, args or label-names file that cannot be used; the message names the file (or flag)."""
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """A train.py checkpoint (``.pth.tar``), a bare state_dict (``.pth``) or ``.safetensors`` -> (state_dict, meta).
+
+    ``use_ema`` takes ``state_dict_ema`` and fails when the file has none (it never falls back to the model
+    weights). ``meta`` holds ``args`` (a dict, empty when not recorded), ``epoch``, ``metric``, ``arch``,
+    ``label_names`` (a list, or None) and ``key`` (the entry the weights came from; None for a bare state_dict).
+    """
+    import torch
+    from timm.models import clean_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'{path}: checkpoint not found')
+    if path.name.endswith('.safetensors'):
+        import safetensors.torch
+
+        from timm_tm.weights import WeightsFileError, verify_weights_file
+
+        try:
+            verify_weights_file(path)  # header, size, and the SHA-256 a config.json beside it records
+            checkpoint = safetensors.torch.load_file(str(path), device='cpu')
+        except WeightsFileError as e:
+            raise CheckpointError(str(e)) from e
+        except Exception as e:  # safetensors raises its own SafetensorError, not exported under one name
+            raise CheckpointError(f'{path}: not a readable safetensors file ({_first_line(e)})') from e
+    else:
+        try:
+            # train.py stores its args as an argparse.Namespace: the one class allowed besides tensors
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise CheckpointError(
+                f'{path}: not a readable PyTorch checkpoint with weights_only=True (truncated, altered or not a torch '
+                f'checkpoint): {_first_line(e)}'
+            ) from e
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f'{path}: expected a dict (a state_dict or a train.py checkpoint), got {type(checkpoint).__name__}'
+        )
+
+    meta: Dict[str, Any] = {'args': {}, 'epoch': None, 'metric': None, 'arch': None, 'label_names': None, 'key': None}
+    if any(k in checkpoint for k in MODEL_KEYS + EMA_KEYS):
+        meta['args'] = _args_dict(checkpoint.get('args'), path)
+        meta['epoch'] = checkpoint.get('epoch')
+        meta['metric'] = checkpoint.get('metric')
+        arch = checkpoint.get('arch')
+        if arch is not None and not isinstance(arch, str):
+            raise CheckpointError(f"{path}: 'arch' has type {type(arch).__name__}, expected a model name")
+        meta['arch'] = arch
+        if checkpoint.get('label_names') is not None:
+            meta['label_names'] = check_label_names(checkpoint['label_names'], f"{path} ('label_names')")
+        keys = EMA_KEYS if use_ema else MODEL_KEYS
+        key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
+        if key is None:
+            if use_ema:
+                raise CheckpointError(
+                    f'{path}: --use-ema: the checkpoint has no EMA weights (state_dict_ema); train with --model-ema, '
+                    'or leave out --use-ema'
+                )
+            raise CheckpointError(f'{path}: the checkpoint has no "state_dict" entry (found {sorted(checkpoint)})')
+        meta['key'] = key
+        state_dict = checkpoint[key]
+    else:
+        if use_ema:
+            raise CheckpointError(f'{path}: --use-ema: a bare state_dict has no EMA weights')
+        state_dict = checkpoint
+    if not state_dict:
+        raise CheckpointError(f'{path}: the state_dict is empty')
+    not_tensors = [str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f'{path}: state_dict entries that are not tensors: {not_tensors[:8]}')
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f'{path}: non-finite values (NaN / inf) in {bad[:8]}: the run diverged')
+    return clean_state_dict(state_dict), meta
+
+
+def _args_dict(args: Any, path: Path) -> Dict[str, Any]:
+    if args is None:
+        return {}
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise CheckpointError(
+            f"{path}: 'args' has type {type(args).__name__}, expected train.py's argparse.Namespace or a dict of its "
+            'arguments'
+        )
+    return dict(args)
+
+
+def model_kwargs_from_args(args: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """The model kwargs a train.py run built its model with: ``--model-kwargs``, ``--in-chans``, ``--gp``,
+    ``--bn-eps`` (``num_classes`` apart: see :func:`num_classes_from`)."""
+    model_kwargs = args.get('model_kwargs') or {}
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise CheckpointError(f"{source}: args 'model_kwargs' has type {type(model_kwargs).__name__}, expected a dict")
+    kwargs = dict(model_kwargs)
+    for arg, kwarg, kind in (('in_chans', 'in_chans', int), ('gp', 'global_pool', str), ('bn_eps', 'bn_eps', float)):
+        value = args.get(arg)
+        if value is None:
+            continue
+        if not _is_kind(value, kind):
+            raise CheckpointError(f"{source}: args '{arg}' is {value!r}, expected a {kind.__name__}")
+        kwargs[kwarg] = value
+    kwargs.pop('num_classes', None)
+    return kwargs
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, kind)
+
+
+def data_args_from_args(args: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """The preprocessing args (``input_size``, ``mean``, ``crop_pct``, ...) a train.py run set, type-checked, for
+    timm's ``resolve_data_config(args=...)``; unset (None) ones are left out."""
+    out = {}
+    for k in DATA_ARGS:
+        v = args.get(k)
+        if v is None:
+            continue
+        if k in ('input_size', 'mean', 'std', 'img_size') and isinstance(v, (list, tuple)):
+            ok = len(v) > 0 and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v)
+            if k == 'input_size':
+                ok = ok and len(v) == 3 and all(isinstance(x, int) and x > 0 for x in v)
+            if k == 'img_size':
+                ok = ok and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)
+            if k == 'std':
+                ok = ok and all(x > 0 for x in v)
+        elif k in ('img_size', 'in_chans'):
+            ok = _is_kind(v, int)
+        elif k == 'crop_pct':
+            ok = _is_kind(v, float)
+        elif k in ('interpolation', 'crop_mode'):
+            ok = isinstance(v, str)
+        else:
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{source}: args '{k}' is {v!r}, not a valid value for timm's data config")
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def num_classes_from(args: Dict[str, Any], state_dict: Dict[str, Any], source: str) -> Optional[int]:
+    """The classes of the run's head: ``args['num_classes']``, else the rows of ``fc.weight``; None if unknown."""
+    n = args.get('num_classes')
+    if n is not None:
+        if not _is_kind(n, int):
+            raise CheckpointError(f"{source}: args 'num_classes' is {n!r}, expected a positive int")
+        return n
+    fc = state_dict.get('fc.weight')
+    if fc is not None and fc.ndim == 2:
+        return int(fc.shape[0])
+    return None
+
+
+def check_label_names(names: Any, source: str) -> List[str]:
+    """``names`` as a list of str, or a CheckpointError naming ``source`` when it is not a list of names."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+        raise CheckpointError(f'{source}: label_names has type {type(names).__name__}, expected a list of class names')
+    bad = [n for n in names if not isinstance(n, (str, int)) or isinstance(n, bool)]
+    if bad:
+        raise CheckpointError(f'{source}: label_names holds {bad[0]!r}: class names must be strings')
+    return [str(n) for n in names]
+
+
+def read_label_names_file(path, flag: str = '--label-names') -> List[str]:
+    """Class names from a text file (one per line), a JSON list, or a JSON dict (``{"0": "cat"}`` or
+    ``{"cat": 0}``), in class-index order."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{flag}: cannot read {path} ({_first_line(e)})') from e
+    if path.suffix.lower() != '.json':
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        if not names:
+            raise CheckpointError(f'{flag}: {path} names no classes')
+        return names
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f'{flag}: {path} is not valid JSON ({_first_line(e)})') from e
+    if isinstance(data, dict):
+        try:
+            if all(str(k).isdigit() for k in data):  # {"0": "cat", ...}
+                data = [data[k] for k in sorted(data, key=int)]
+            else:  # {"cat": 0, ...}
+                data = [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(
+                f'{flag}: {path}: a JSON dict must map indices to names or names to indices ({_first_line(e)})'
+            ) from e
+    return check_label_names(data, f'{flag}: {path}')
+
+
+def label_names_from_args(args: Dict[str, Any]) -> Optional[Tuple[List[str], str]]:
+    """(class names, where from) of a train.py run, when its ``--class-map`` (.txt) or its ImageFolder train folder
+    is still on disk; None otherwise. The order is train.py's: the class map's lines, else the class folders sorted
+    by timm's ``natural_key``."""
+    from timm.utils import natural_key
+
+    class_map = args.get('class_map')
+    # a .pkl class map is not unpickled here: reading the checkpoint must not run code
+    if isinstance(class_map, str) and class_map.lower().endswith('.txt') and os.path.isfile(class_map):
+        try:
+            with open(class_map, encoding='utf-8') as f:
+                names = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError):
+            names = []
+        if names:
+            return names, class_map
+    data_dir = args.get('data_dir') or args.get('data')
+    dataset = args.get('dataset') or ''
+    if not isinstance(data_dir, str) or not isinstance(dataset, str) or dataset.lower() not in _FOLDER_DATASETS:
+        return None
+    split = args.get('train_split') or 'train'
+    for root in (Path(data_dir) / str(split), Path(data_dir)):
+        if root.is_dir():
+            names = sorted((d.name for d in root.iterdir() if d.is_dir()), key=natural_key)
+            if names:
+                return names, str(root)
+    return None
