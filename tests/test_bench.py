@@ -5,10 +5,11 @@ numbers that must be consistent with each other (a ratio of medians).
 """
 
 import json
+import os
 
 import pytest
 
-from timm_tm.bench import main, parse_models
+from timm_tm.bench import _write_json, main, parse_models
 
 TINY = ['--img-size', '64', '--batch-size', '2', '--warmup', '1', '--min-seconds', '0', '--threads', '1']
 
@@ -88,6 +89,10 @@ def test_scale_sweep_grows_with_templates(tmp_path):
         (['--batch-size', '0'], '--batch-size'),
         (['--device', 'tpu'], '--device'),
         (['--scale', '--scale-classes', '10,x'], '--scale-classes'),
+        (['--tm-stages', '5'], '--tm-stages'),
+        (['--tm-stages', '3,3'], '--tm-stages'),
+        (['--scale', '--scale-stages', '4;0'], '--scale-stages'),
+        (['--scale', '--scale-templates-classes', '0'], '--scale-templates-classes'),
     ],
 )
 def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):
@@ -101,3 +106,44 @@ def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):
 def test_parse_models():
     assert parse_models('18,50,101') == [18, 50, 101]
     assert parse_models('resnet50,tm_resnet18') == [50, 18]
+
+
+QUICK = ['--models', '18', '--rounds', '1', '--modes', 'infer', '--no-memory', '--no-profile', *TINY]
+
+
+@pytest.mark.parametrize('force', [False, True])
+def test_output_folder_is_refused_before_the_run(force, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for output in ('.', str(tmp_path), 'sub/'):
+        with pytest.raises(SystemExit) as exc:
+            main([*QUICK, '-o', output, *(['--force'] if force else [])])
+        assert exc.value.code == 2
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if 'error' in x]
+        assert '--output' in line and 'directory' in line
+    assert not list(tmp_path.iterdir())  # nothing written, no folder made
+
+
+def test_existing_output_is_kept_unless_force(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    out.write_text('earlier results\n')
+    with pytest.raises(SystemExit) as exc:
+        main([*QUICK, '-o', str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert '--output' in err and str(out) in err and '--force' in err
+    assert out.read_text() == 'earlier results\n'  # refused before the run: nothing measured, nothing lost
+
+    assert main([*QUICK, '-o', str(out), '--force']) == 0
+    assert json.loads(out.read_text())['pairs'][0]['tm_model'] == 'tm_resnet18'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bench.json']  # no temporary file left
+
+
+def test_results_file_that_appears_during_the_run_is_kept(tmp_path):
+    out = tmp_path / 'bench.json'
+    out.write_text('written by someone else\n')
+    kept = _write_json(str(out), {'pairs': []})
+    assert out.read_text() == 'written by someone else\n'
+    assert kept and json.loads(open(kept).read()) == {'pairs': []}  # the results are not lost either
+    assert _write_json(str(tmp_path / 'new.json'), {'a': 1}) is None
+    assert json.loads((tmp_path / 'new.json').read_text()) == {'a': 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['bench.json', 'new.json', os.path.basename(kept)])

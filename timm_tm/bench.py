@@ -44,6 +44,7 @@ TARGETS = {
     'gmacs_overhead_max': 0.10,
 }
 DEPTHS = (18, 26, 34, 50, 101, 152)
+STAGES = (1, 2, 3, 4)
 MODES = ('infer', 'train')
 
 CPU_MEMORY_METHOD = (
@@ -77,6 +78,35 @@ def _parse_ints(spec: str, name: str, minimum: int = 1) -> List[int]:
     if not values or any(v < minimum for v in values):
         raise ValueError(f'{name}: expected comma-separated integers >= {minimum}, got {spec!r}')
     return values
+
+
+def _parse_stages(spec: str, name: str) -> Tuple[int, ...]:
+    """'3,4' -> (3, 4); '' -> () (no TM blocks). Distinct ResNet stages 1-4, else a ValueError naming ``name``."""
+    if not spec.strip():
+        return ()
+    stages = _parse_ints(spec, name)
+    if any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
+        raise ValueError(f'{name}: expected distinct ResNet stages from {STAGES}, e.g. 3,4, got {spec!r}')
+    return tuple(stages)
+
+
+def _check_output(path: str, force: bool) -> None:
+    """Refuse, before the run, an --output that cannot be written, or that exists without ``force``."""
+    if not path:
+        raise ValueError('--output: empty; name a JSON file, e.g. -o bench.json')
+    if path.endswith(('/', os.sep)) or os.path.isdir(path):
+        example = os.path.join(path, 'bench.json')
+        raise ValueError(f'--output: {path} is a directory; name a JSON file, e.g. -o {example}')
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            raise ValueError(f'--output: {path} exists and is not a regular file; name another file')
+        if not force:
+            raise ValueError(f'--output: {path} exists; pass --force to overwrite it, or name another file')
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the folders still to create: the first existing one must be a writable dir
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f'--output: cannot create {path}: {parent} is not a writable folder')
 
 
 def _cpu_name() -> str:
@@ -461,7 +491,7 @@ def _scale_configs(args: argparse.Namespace, default_stages: Tuple[int, ...]) ->
         if config not in configs:
             configs.append(config)
     for stages_spec in args.scale_stages.split(';') if args.scale_stages else []:
-        stages = tuple(_parse_ints(stages_spec, '--scale-stages')) if stages_spec.strip() != '' else ()
+        stages = _parse_stages(stages_spec, '--scale-stages')
         if stages != default_stages:
             configs.append(dict(num_classes=1000, templates_per_class=1, tm_stages=stages))
     return configs
@@ -473,8 +503,12 @@ def _default_stages(depth: int) -> Tuple[int, ...]:
     return tuple(TM_ARCHS[f'tm_resnet{depth}']['tm_stages'])
 
 
-def _write_json(path: str, payload: Dict[str, Any]) -> None:
-    """Atomic: a half-written results file never replaces a good one."""
+def _write_json(path: str, payload: Dict[str, Any], overwrite: bool = False) -> Optional[str]:
+    """Write ``payload`` to ``path`` atomically: a half-written results file never replaces a good one.
+
+    Without ``overwrite`` an existing ``path`` (one that appeared during the run) is kept, and the results stay in a
+    temporary file next to it: its name is returned. None when ``path`` was written.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.bench-', suffix='.json.tmp')
@@ -482,11 +516,23 @@ def _write_json(path: str, payload: Dict[str, Any]) -> None:
         with os.fdopen(fd, 'w') as f:
             json.dump(payload, f, indent=2)
             f.write('\n')
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    if overwrite:
+        os.replace(tmp, path)
+        return None
+    try:
+        os.link(tmp, path)  # unlike os.replace, refuses an existing path (atomically)
+    except FileExistsError:
+        return tmp
+    except OSError:  # a file system without hard links: check, then replace
+        if os.path.lexists(path):
+            return tmp
+        os.replace(tmp, path)
+        return None
+    os.unlink(tmp)
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -531,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     parser.add_argument('--no-profile', action='store_true', help='skip params / GMACs (fvcore)')
-    parser.add_argument('--output', '-o', default='bench_results.json', help='JSON results file')
+    parser.add_argument('--output', '-o', default='bench_results.json', help='JSON results file (a new one)')
+    parser.add_argument('--force', action='store_true', help='overwrite an existing --output file')
     parser.add_argument(
         '--scale',
         action='store_true',
@@ -648,12 +695,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = _resolve_config(args)
         tm_kwargs: Dict[str, Any] = {}
         if args.tm_stages is not None:
-            tm_kwargs['tm_stages'] = tuple(_parse_ints(args.tm_stages, '--tm-stages')) if args.tm_stages else ()
+            tm_kwargs['tm_stages'] = _parse_stages(args.tm_stages, '--tm-stages')
         if args.templates_per_class is not None:
             if args.templates_per_class < 1:
                 raise ValueError(f'--templates-per-class must be >= 1, got {args.templates_per_class}')
             tm_kwargs['templates_per_class'] = args.templates_per_class
+        if args.scale_templates_classes < 1:
+            raise ValueError(f'--scale-templates-classes must be >= 1, got {args.scale_templates_classes}')
         scale_configs = _scale_configs(args, _default_stages(depths[0])) if args.scale else []
+        _check_output(args.output, args.force)
     except ValueError as e:
         parser.error(str(e))
         return 2  # unreachable: parser.error exits
@@ -716,7 +766,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         payload['markdown'] = table
     payload['load_average_end'] = _loadavg()
     print(f'load average at start {load_start}, at end {payload["load_average_end"]}')
-    _write_json(args.output, payload)
+    kept = _write_json(args.output, payload, overwrite=args.force)
+    if kept:
+        message = f'{args.output} appeared during the run and is kept; the results are in {kept}'
+        print(f'timm-tm bench: error: --output {message}', file=sys.stderr)
+        return 1
     print(f'wrote {args.output}')
     return 0
 
