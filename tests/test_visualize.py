@@ -1,6 +1,8 @@
 """Class maps (timm_tm.class_maps) and their pictures (timm-tm visualize)."""
 
 import argparse
+import json
+import os
 import sys
 
 import numpy as np
@@ -238,3 +240,185 @@ def test_label_names_from_the_training_folder_and_output_names(tmp_path):
     paths = output_paths('x/maps.png', ['a/cat.jpg', 'b/cat.jpg', 'dog.png'])
     assert [str(p) for p in paths] == ['x/maps_cat.png', 'x/maps_cat_2.png', 'x/maps_dog.png']
     assert [str(p) for p in output_paths('pics/', ['a/cat.jpg', 'dog.png'])] == ['pics/cat.png', 'pics/dog.png']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs are never lost, bad inputs are one line (issue 11)
+
+
+def _run_main(capsys, *argv):
+    from timm_tm.visualize import main
+
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.err
+    return rc, captured.err.strip().splitlines()
+
+
+def test_an_output_is_never_an_input(trained, tmp_path, capsys):
+    _, ckpt, (digits, labels) = trained
+    victim, a, maps_a = (tmp_path / n for n in ('victim.png', 'a.png', 'maps_a.png'))
+    for path, digit in zip((victim, a, maps_a), digits[:3]):
+        _write_digits(tmp_path, [digit], [0])[0].rename(path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / 'link.png').symlink_to(ckpt)
+    os.link(victim, tmp_path / 'hard.png')
+    cases = [
+        [victim, '--out', victim],  # the plot written over its own input
+        [a, maps_a, '--out', tmp_path / 'maps.png'],  # a.png's picture is maps_a.png, the second input
+        [victim, '--out', tmp_path / 'link.png'],  # a link to the checkpoint
+        [victim, '--out', tmp_path / 'hard.png'],  # a hard link to the image
+        [victim, '--out', tmp_path / 'sub' / '..' / 'victim.png'],
+    ]
+    for argv in cases:
+        rc, err = _run_main(capsys, *argv, '--checkpoint', ckpt)
+        assert rc == 2 and len(err) == 1 and err[0].startswith('timm-tm visualize: --out: '), (argv, err)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, 'link.png', 'hard.png'])
+    assert torch.load(ckpt, weights_only=False)['arch'] == 'tm_resnet18_small'
+
+
+def test_weights_are_checked_as_export_checks_them(trained, tmp_path, capsys):
+    """--use-ema without EMA weights, NaN weights, args that are not a dict: refused, as by `timm-tm export`."""
+    model, ckpt, (digits, labels) = trained
+    (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
+    out = tmp_path / 'o.png'
+    rc, err = _run_main(capsys, image, '--checkpoint', ckpt, '--use-ema', '--out', out)
+    assert rc == 2 and len(err) == 1 and 'no EMA weights' in err[0] and str(ckpt) in err[0]
+
+    saved = torch.load(ckpt, weights_only=False)
+    nan = tmp_path / 'nan.pth.tar'
+    sd = dict(saved['state_dict'])
+    sd['fc.bias'] = torch.full_like(sd['fc.bias'], float('nan'))
+    torch.save({**saved, 'state_dict': sd}, nan)
+    rc, err = _run_main(capsys, image, '--checkpoint', nan, '--out', out)
+    assert rc == 2 and len(err) == 1 and 'non-finite' in err[0] and 'fc.bias' in err[0]
+
+    bad_args = tmp_path / 'bad_args.pth.tar'
+    torch.save({**saved, 'args': 5}, bad_args)
+    rc, err = _run_main(capsys, image, '--checkpoint', bad_args, '--out', out)
+    assert rc == 2 and len(err) == 1 and str(bad_args) in err[0] and "'args' has type int" in err[0]
+    assert not out.exists()
+
+
+@pytest.fixture(scope='module')
+def exported_default(tmp_path_factory):
+    """`timm-tm export` of a default-kwargs tm_resnet18_small (10 classes): model.safetensors + config.json."""
+    from timm_tm.hub import export_main
+
+    tmp = tmp_path_factory.mktemp('exported')
+    torch.save(timm.create_model('tm_resnet18_small', num_classes=10).state_dict(), tmp / 'w.pth')
+    folder = tmp / 'export'
+    assert export_main([str(tmp / 'w.pth'), '--model', 'tm_resnet18_small', '--out', str(folder)]) == 0
+    return folder
+
+
+def test_bad_safetensors_and_configs_are_one_line_errors(trained, exported_default, tmp_path, capsys):
+    import shutil
+
+    from test_hub import _corrupt
+
+    _, _, (digits, labels) = trained
+    (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
+    out = tmp_path / 'o.png'
+    plain = tmp_path / 'plain.safetensors'  # no config.json beside it: no recorded SHA-256, the header is checked
+    plain.write_bytes((exported_default / 'model.safetensors').read_bytes())
+    _corrupt(plain, 'truncated')
+    cases = [
+        ('altered', 'altered or truncated'),
+        ('truncated', 'altered or truncated'),
+        (None, 'not a valid safetensors'),
+    ]
+    for how, needle in cases:
+        weights = plain
+        if how:
+            shutil.copytree(exported_default, tmp_path / how)
+            weights = tmp_path / how / 'model.safetensors'
+            _corrupt(weights, how)
+        rc, err = _run_main(capsys, image, '--model', 'tm_resnet18_small', '--checkpoint', weights, '--out', out)
+        assert rc == 2 and len(err) == 1 and needle in err[0] and str(weights) in err[0], err
+
+    folder = tmp_path / 'five'
+    shutil.copytree(exported_default, folder)
+    config = json.loads((folder / 'config.json').read_text())
+    config['label_names'] = 5
+    (folder / 'config.json').write_text(json.dumps(config))
+    rc, err = _run_main(capsys, image, '--model', f'local-dir:{folder}', '--pretrained', '--out', out)
+    assert rc == 2 and len(err) == 1 and str(folder / 'config.json') in err[0] and 'label_names' in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    'argv, needle',
+    [
+        (['--dpi', '0'], '--dpi'),
+        (['--dpi', '100000'], '--dpi'),
+        (['--num-classes', '0'], '--num-classes'),
+        (['--device', 'bogus'], '--device bogus'),
+        (['--device', 'cuda:99'], '--device cuda:99'),
+        (['--pretrained', '--model', 'tm_resnet18_small', '--use-ema'], '--use-ema'),
+    ],
+)
+def test_bad_options_are_one_line_errors(trained, tmp_path, capsys, argv, needle):
+    _, ckpt, (digits, labels) = trained
+    (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
+    if '--pretrained' not in argv:
+        argv = [*argv, '--checkpoint', str(ckpt)]
+    rc, err = _run_main(capsys, image, '--out', tmp_path / 'o.png', *argv)
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / 'o.png').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without a GPU')
+def test_cuda_without_a_gpu_is_a_one_line_error(trained, tmp_path, capsys):
+    _, ckpt, (digits, labels) = trained
+    (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
+    rc, err = _run_main(capsys, image, '--checkpoint', ckpt, '--device', 'cuda', '--out', tmp_path / 'o.png')
+    assert rc == 2 and len(err) == 1 and '--device cuda' in err[0]
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG that declares width x height 8-bit gray pixels (no pixel data): PIL checks the size when opening."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IEND', b''))
+
+
+def test_a_decompression_bomb_is_reported_and_the_other_images_drawn(trained, tmp_path, capsys):
+    _, ckpt, (digits, labels) = trained
+    bomb = tmp_path / 'bomb.png'
+    _png_header(bomb, 15000, 15000)
+    first, last = _write_digits(tmp_path, digits[:2], labels[:2])
+    out = tmp_path / 'out'
+    rc, err = _run_main(capsys, first, bomb, last, '--checkpoint', ckpt, '--out', f'{out}/')
+    assert rc == 1 and len(err) == 1 and str(bomb) in err[0] and 'DecompressionBomb' in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == sorted([f'{first.stem}.png', f'{last.stem}.png'])
+
+
+def test_16_bit_and_float_images_are_seen_as_their_8_bit_version(trained, tmp_path):
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from timm_tm.visualize import render_image
+
+    model, _, (digits, labels) = trained
+    data_config = resolve_data_config(args={'input_size': (3, 28, 28)}, model=model)
+    transform = create_transform(**data_config, is_training=False)
+    names = [str(i) for i in range(10)]
+    for i, digit in enumerate(digits[:3]):
+        eight, sixteen, floats = tmp_path / f'{i}.png', tmp_path / f'{i}_16.png', tmp_path / f'{i}_f.tif'
+        Image.fromarray(digit).save(eight)
+        Image.fromarray(digit.astype(np.uint16) * 257).save(sixteen)
+        Image.fromarray(digit.astype(np.float32) / 255).save(floats)
+        with Image.open(sixteen) as im16, Image.open(floats) as imf:
+            assert im16.mode == 'I;16' and imf.mode == 'F'
+        _, expected, _ = render_image(model, transform, str(eight), names, data_config)
+        for path in (sixteen, floats):
+            _, maps, _ = render_image(model, transform, str(path), names, data_config)
+            for name, m in maps.items():
+                torch.testing.assert_close(m.class_map, expected[name].class_map, msg=f'{path.name} {name}')

@@ -12,14 +12,15 @@ Output names: with one image the picture is written to ``--out``; with several, 
 exists or ends with ``/`` (``<out>/<image stem>.png``), otherwise its stem is a prefix
 (``--out maps.png`` writes ``maps_<image stem>.png``).
 
-Label names come from ``--label-names FILE`` (one per line), else the checkpoint (a ``label_names`` entry, or the
-class folders / ``--class-map`` of the train.py run that wrote it, when still on disk), else the pretrained cfg
-(``label_names``, or timm's ImageNet class descriptions for ImageNet-sized ``--pretrained`` heads), else indices.
+Label names come from ``--label-names FILE`` (one per line, or a JSON list / dict), else the checkpoint (a
+``label_names`` entry, or the class folders / ``--class-map`` of the train.py run that wrote it, when still on
+disk), else the pretrained cfg (``label_names``, or timm's ImageNet class descriptions for ImageNet-sized
+``--pretrained`` heads), else indices. The checkpoint is read as ``timm-tm export`` reads it
+(:mod:`timm_tm.checkpoints`). An output is never one of the inputs.
 """
 
 import argparse
 import os
-import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -30,13 +31,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from timm_tm.checkpoints import (
+    CheckpointError,
+    check_label_names,
+    data_args_from_args,
+    label_names_from_args,
+    model_kwargs_from_args,
+    num_classes_from,
+    read_checkpoint,
+    read_label_names_file,
+)
 from timm_tm.class_maps import BlockClassMap, compute_class_maps_and_output, find_tm_blocks
 
 __all__ = [
     'BestClassPanel',
     'read_checkpoint',
+    'open_image',
     'render_image',
     'output_paths',
+    'check_outputs',
     'load_model',
     'resolve_label_names',
     'plot_class_maps',
@@ -52,6 +65,7 @@ LEGEND_WIDTH = 0.9  # legend width, in panels
 CELL_LABELS_UP_TO = 64  # regions in a map whose best class is also written in each region
 MAX_LEGEND = 20  # classes named in a legend (by area); the rest are drawn in grey as 'other'
 OTHER_COLOR = (0.6, 0.6, 0.6)
+MAX_DPI = 600  # a picture is ~19 x 6 inches per two blocks: 600 dpi is already ~40 megapixels
 
 
 class BestClassPanel(NamedTuple):
@@ -82,41 +96,7 @@ def _require_matplotlib():
 # model and checkpoint
 
 
-def read_checkpoint(path: str, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """A timm train.py checkpoint (or a bare state_dict, or a .safetensors file) -> (state_dict, metadata).
-
-    Read with ``weights_only=True`` (``argparse.Namespace`` allowed, as train.py stores its args in it). The
-    metadata has ``arch``, ``args`` (a dict) and ``label_names`` when the file has them. ``use_ema`` picks
-    ``state_dict_ema`` when present.
-    """
-    from timm.models import clean_state_dict
-
-    if not os.path.isfile(path):
-        raise VisualizeError(f'checkpoint not found: {path}')
-    try:
-        if path.endswith('.safetensors'):
-            import safetensors.torch
-
-            return safetensors.torch.load_file(path), {}
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise VisualizeError(f'{path}: not a readable PyTorch checkpoint ({_one_line(e)})') from e
-    if not isinstance(ckpt, dict):
-        raise VisualizeError(f'{path}: expected a state_dict or a train.py checkpoint, got {type(ckpt).__name__}')
-    meta: Dict[str, Any] = {}
-    for key in ('state_dict_ema', 'state_dict', 'model') if use_ema else ('state_dict', 'model'):
-        if isinstance(ckpt.get(key), dict):
-            state_dict = ckpt[key]
-            meta = {k: v for k, v in ckpt.items() if k in ('arch', 'label_names')}
-            args = ckpt.get('args')
-            meta['args'] = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-            break
-    else:
-        state_dict = ckpt
-    if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise VisualizeError(f'{path}: no state_dict of tensors in this file')
-    return clean_state_dict(state_dict), meta
+# read_checkpoint (timm_tm.checkpoints) is shared with `timm-tm export`: the same EMA choice, args and checks
 
 
 def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
@@ -150,8 +130,10 @@ def load_model(
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build ``model_name`` (default: the checkpoint's ``arch``) with weights; returns (model in eval, metadata).
 
-    From a train.py checkpoint, ``num_classes`` (unless given), ``model_kwargs`` and ``in_chans`` follow the
-    training run, and ``templates_per_class`` the stored templates, so that the state_dict loads strictly.
+    From a train.py checkpoint, ``num_classes`` (unless given) and the model kwargs (``--model-kwargs``,
+    ``--in-chans``, ``--gp``, ``--bn-eps``) follow the training run, as ``timm-tm export`` reads them, and
+    ``templates_per_class`` the stored templates, so that the state_dict loads strictly. Weights that are not all
+    finite are refused, whatever their source.
     """
     import timm
 
@@ -161,36 +143,41 @@ def load_model(
     state_dict = None
     kwargs: Dict[str, Any] = {}
     if checkpoint:
-        state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
-        args = meta.get('args', {})
-        model_name = model_name or meta.get('arch')
+        try:
+            state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
+            args = meta['args']
+            kwargs.update(model_kwargs_from_args(args, checkpoint))
+            if num_classes is None:
+                num_classes = num_classes_from(args, state_dict, checkpoint)
+        except CheckpointError as e:
+            raise VisualizeError(str(e)) from e
+        model_name = model_name or meta.get('arch') or args.get('model')
         if not model_name:
             raise VisualizeError(f'{checkpoint} does not name its model: pass --model')
-        kwargs.update(args.get('model_kwargs') or {})
-        if args.get('in_chans'):
-            kwargs['in_chans'] = args['in_chans']
-        if num_classes is None:
-            num_classes = args.get('num_classes')
-            fc = state_dict.get('fc.weight')
-            if num_classes is None and fc is not None and fc.ndim == 2:
-                num_classes = fc.shape[0]
         templates = [v for k, v in state_dict.items() if k.endswith('.templates.weight')]
         if templates and num_classes and 'templates_per_class' not in kwargs:
             m = templates[0].shape[0] // num_classes
             if m > 1:
                 kwargs['templates_per_class'] = m
+    elif use_ema:
+        raise VisualizeError('--use-ema picks the EMA weights of a --checkpoint: give one, or leave out --use-ema')
     if not model_name:
         raise VisualizeError('--model is required (or a --checkpoint that names its model)')
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     try:
         model = timm.create_model(model_name, pretrained=pretrained and not checkpoint, **kwargs)
-    except Exception as e:  # unknown model, bad kwargs, unreachable Hub: one line, whatever timm raised
+    except (
+        Exception
+    ) as e:  # unknown model, bad kwargs, unreachable Hub, altered weights: one line, whatever timm raised
         raise VisualizeError(f'cannot create model {model_name!r}: {_one_line(e)}') from e
     if state_dict is not None:
         arch = meta.get('arch')
         what = f'{checkpoint} does not fit model {model_name!r}' + (f' (it was saved from {arch!r})' if arch else '')
         _load_state_dict_or_explain(model, state_dict, what)
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise VisualizeError(f'{checkpoint or model_name}: non-finite weights (NaN / inf) in {bad[:4]}')
     try:
         find_tm_blocks(model)
     except ValueError as e:
@@ -198,28 +185,11 @@ def load_model(
     return model.eval(), meta
 
 
-def _read_names(path: str) -> List[str]:
-    with open(path, encoding='utf-8') as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def _names_from_train_args(args: Dict[str, Any]) -> Optional[List[str]]:
-    """The class names a train.py run used, when its class map or ImageNet-layout folder is still on disk."""
-    from timm.utils.misc import natural_key
-
-    class_map = args.get('class_map')
-    if class_map and os.path.isfile(class_map):
-        from timm.data.readers.class_map import load_class_map
-
-        class_to_idx = load_class_map(class_map)
-        return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-    data_dir, dataset = args.get('data_dir') or args.get('data'), args.get('dataset') or ''
-    if data_dir and dataset in ('', 'folder', 'imagefolder', 'image_folder'):
-        folder = os.path.join(data_dir, args.get('train_split') or 'train')
-        if os.path.isdir(folder):
-            # timm's ImageFolder reader orders the class folders by natural_key
-            return sorted((d.name for d in os.scandir(folder) if d.is_dir()), key=natural_key)
-    return None
+def _cfg_source(cfg: Dict[str, Any]) -> str:
+    """Where a pretrained cfg was read from, for messages: the local folder's config.json, the Hub repo, or the tag."""
+    if cfg.get('source') == 'local-dir' and cfg.get('file'):
+        return os.path.join(str(cfg['file']), 'config.json')
+    return str(cfg.get('hf_hub_id') or cfg.get('architecture') or 'the pretrained cfg')
 
 
 def resolve_label_names(
@@ -229,23 +199,31 @@ def resolve_label_names(
     label_names_file: Optional[str] = None,
     imagenet: bool = False,
 ) -> List[str]:
-    """``num_classes`` names: the file, the checkpoint, the pretrained cfg, ImageNet's (``imagenet``), or indices."""
+    """``num_classes`` names: the file, the checkpoint, the pretrained cfg, ImageNet's (``imagenet``), or indices.
+
+    Names that do not fit ``num_classes`` are skipped with a note; names that are not a list of names (a config's
+    ``label_names: 5``) are an error naming where they came from.
+    """
     meta = meta or {}
     candidates = []
-    if label_names_file:
-        try:
-            candidates.append(('--label-names', _read_names(label_names_file)))
-        except OSError as e:
-            raise VisualizeError(f'--label-names: cannot read {label_names_file} ({_one_line(e)})') from e
-    if meta.get('label_names'):
-        candidates.append(('checkpoint', list(meta['label_names'])))
-    if meta.get('args'):
-        candidates.append(('training data', _names_from_train_args(meta['args'])))
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if cfg.get('label_names'):
-        names = list(cfg['label_names'])
-        descriptions = cfg.get('label_descriptions') or {}
-        candidates.append(('pretrained cfg', [descriptions.get(n, n) for n in names]))
+    try:
+        if label_names_file:
+            candidates.append(('--label-names', read_label_names_file(label_names_file, '--label-names')))
+        if meta.get('label_names'):
+            candidates.append(('checkpoint', check_label_names(meta['label_names'], 'checkpoint')))
+        if meta.get('args'):
+            found = label_names_from_args(meta['args'])
+            candidates.append(('training data', found[0] if found else None))
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        if cfg.get('label_names') is not None:
+            source = _cfg_source(cfg)
+            names = check_label_names(cfg['label_names'], source)
+            descriptions = cfg.get('label_descriptions') or {}
+            if not isinstance(descriptions, dict):
+                raise VisualizeError(f'{source}: label_descriptions has type {type(descriptions).__name__}, not a dict')
+            candidates.append(('pretrained cfg', [str(descriptions.get(n, n)) for n in names]))
+    except CheckpointError as e:
+        raise VisualizeError(str(e)) from e
     if imagenet:
         from timm.data import ImageNetInfo, infer_imagenet_subset
 
@@ -442,6 +420,46 @@ def output_paths(out: str, images: Sequence[str]) -> List[Path]:
     return paths
 
 
+def _scaled_to_8bit(im, path: str):
+    """A 16-bit / 32-bit integer or float single-channel image as 8-bit 'L', scaled from its own range: PIL's
+    ``convert`` would clip it (a 16-bit PNG saturates to white, a float TIFF in [0, 1] turns black)."""
+    from PIL import Image
+
+    pixels = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(pixels).all():
+        raise VisualizeError(f'{path}: the image has non-finite pixel values (NaN / inf)')
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if im.mode.startswith('I;16') or (im.mode == 'I' and lo >= 0 and hi <= 65535):
+        pixels = pixels / 65535  # 16-bit PNG / TIFF (PIL opens some as mode 'I')
+    elif im.mode == 'F' and lo >= 0 and hi <= 1:
+        pass  # the usual range of a float image
+    else:
+        print(
+            f'timm-tm visualize: {path}: {im.mode} image with values in [{lo:g}, {hi:g}], shown scaled to [0, 1]',
+            file=sys.stderr,
+        )
+        pixels = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
+    return Image.fromarray(np.round(pixels * 255).astype(np.uint8), mode='L')
+
+
+def open_image(path: str, channels: int = 3):
+    """The image at ``path`` as an 8-bit PIL image with ``channels`` (3: 'RGB', 1: 'L'), high bit-depth and float
+    images scaled rather than clipped; a ``VisualizeError`` naming ``path`` when it cannot be read (not an image,
+    truncated, or a decompression bomb that PIL refuses to open)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ('I', 'F') or im.mode.startswith('I;16'):
+                im = _scaled_to_8bit(im, path)
+            return im.convert('RGB' if channels == 3 else 'L')
+    except VisualizeError:
+        raise
+    except Exception as e:  # OSError, DecompressionBombError, SyntaxError, ...: whatever a bad file makes PIL raise
+        raise VisualizeError(f'{path}: cannot read image ({type(e).__name__}: {_one_line(e)})') from e
+
+
 def render_image(
     model: nn.Module,
     transform,
@@ -456,15 +474,11 @@ def render_image(
 
     Returns (Figure, ``{block: BlockClassMap}`` as compute_class_maps gives them, ``{block: BestClassPanel}``).
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(image_path) as im:
-            im = im.convert('RGB' if data_config['input_size'][0] == 3 else 'L')
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise VisualizeError(f'{image_path}: cannot read image ({_one_line(e)})') from e
+    im = open_image(image_path, data_config['input_size'][0])
     x = transform(im).unsqueeze(0).to(device)
     output, maps = compute_class_maps_and_output(model, x)
+    if isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+        raise VisualizeError(f"{image_path}: the model's output is not finite (NaN / inf): nothing to draw")
     probs = None
     if isinstance(output, torch.Tensor) and output.ndim == 2 and output.shape[1] == len(label_names):
         probs = output[0].float().softmax(-1).cpu()
@@ -475,6 +489,35 @@ def render_image(
     image = _to_display(x[0], data_config['mean'], data_config['std'])
     fig, panels = plot_class_maps(image, maps, label_names, probs=probs, top_k=top_k, title=title, dpi=dpi)
     return fig, maps, panels
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when paths ``a`` and ``b`` are one file: the same real path (links, ``..``), or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: Sequence[Path], inputs: Dict[str, Optional[str]]) -> None:
+    """Refuse outputs that are inputs: writing a picture must never overwrite an image, checkpoint or names file."""
+    for out in outputs:
+        for what, path in inputs.items():
+            if path and _same_file(str(out), path):
+                raise VisualizeError(f'--out: {out} is the input {what} {path}; write the picture elsewhere')
+
+
+def _check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+        if device.type == 'meta':
+            raise ValueError('the meta device holds no data')
+        torch.empty(1, device=device)  # an unknown, absent or unbuilt device (cuda without a GPU) fails here
+    except Exception as e:
+        raise VisualizeError(f'--device {name}: not usable on this machine ({_one_line(e)})') from e
+    return device
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -492,7 +535,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--use-ema', action='store_true', help="the checkpoint's EMA weights (state_dict_ema)")
     p.add_argument('--num-classes', type=int, default=None, help="classes of the model (default: the checkpoint's)")
     p.add_argument('--classes', type=int, default=3, metavar='N', help='top predicted classes to overlay (default 3)')
-    p.add_argument('--label-names', default=None, metavar='FILE', help='class names, one per line')
+    p.add_argument('--label-names', default=None, metavar='FILE', help='class names: one per line, or JSON')
     p.add_argument('--out', required=True, help='output PNG (or folder / prefix with several images)')
     p.add_argument('--dpi', type=int, default=100, help='resolution of the PNG (default 100)')
     p.add_argument('--device', default='cpu', help='torch device (default cpu)')
@@ -502,19 +545,33 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     prog = 'timm-tm visualize'
-    if args.classes < 1:
-        print(f'{prog}: --classes must be >= 1, got {args.classes}', file=sys.stderr)
-        return 2
+    for flag, value, lo, hi in (
+        ('--classes', args.classes, 1, None),
+        ('--dpi', args.dpi, 1, MAX_DPI),
+        ('--num-classes', args.num_classes, 1, None),
+    ):
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            limits = f'>= {lo}' if hi is None else f'between {lo} and {hi}'
+            print(f'{prog}: {flag} must be {limits}, got {value}', file=sys.stderr)
+            return 2
     try:
+        out_paths = output_paths(args.out, args.images)
+        inputs = {f'image {i + 1}': p for i, p in enumerate(args.images)}
+        inputs.update({'--checkpoint': args.checkpoint, '--label-names': args.label_names})
+        check_outputs(out_paths, inputs)
+        device = _check_device(args.device)
         _require_matplotlib()
         from timm.data import create_transform, resolve_data_config
 
         model, meta = load_model(args.model, args.checkpoint, args.pretrained, args.num_classes, args.use_ema)
-        model.to(args.device)
+        model.to(device)
         num_classes = next(iter(find_tm_blocks(model).values())).num_classes
         label_names = resolve_label_names(model, num_classes, meta, args.label_names, imagenet=args.pretrained)
         # the checkpoint's train args (input size, mean, std, crop) where set, else the model's pretrained cfg
-        train_args = {k: v for k, v in meta.get('args', {}).items() if v is not None}
+        try:
+            train_args = data_args_from_args(meta.get('args') or {}, str(args.checkpoint))
+        except CheckpointError as e:
+            raise VisualizeError(str(e)) from e
         data_config = resolve_data_config(args=train_args, model=model)
         transform = create_transform(**data_config, is_training=False)
     except VisualizeError as e:
@@ -526,15 +583,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
 
     failed = 0
-    for image_path, out_path in zip(args.images, output_paths(args.out, args.images)):
+    for image_path, out_path in zip(args.images, out_paths):
         try:
             fig, *_ = render_image(
-                model, transform, image_path, label_names, data_config, args.classes, args.dpi, args.device
+                model, transform, image_path, label_names, data_config, args.classes, args.dpi, str(device)
             )
             _save_atomic(fig, out_path, args.dpi)
             print(f'{image_path} -> {out_path}')
         except VisualizeError as e:
             print(f'{prog}: {e}', file=sys.stderr)
+            failed += 1
+        except (OSError, RuntimeError) as e:  # cannot write the picture, out of memory: this image only
+            print(f'{prog}: {image_path}: {type(e).__name__}: {_one_line(e)}', file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
