@@ -219,6 +219,11 @@ def test_force_replaces_only_a_previous_export(run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert 'old.txt' in err and '--force only replaces' in err and (out / 'old.txt').read_text() == 'old'
     (out / 'old.txt').unlink()
+    (out / 'README.md').write_text('my notes')  # a file of the same name, but no export beside it
+    assert export_main([ckpt, '--out', str(out), '--force']) == 1
+    assert 'not written by timm-tm export' in capsys.readouterr().err
+    assert (out / 'README.md').read_text() == 'my notes'
+    (out / 'README.md').unlink()
     out.rmdir()
     assert export_main([ckpt, '--out', str(out)]) == 0
     assert export_main([ckpt, '--out', str(out)]) == 1
@@ -277,7 +282,9 @@ def _killed_export(ckpt: Path, out: Path, sig: str) -> int:
         f'sys.exit(export_main([{str(ckpt)!r}, "--out", {str(out)!r}]))\n'
     )
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, '-c', code], env=env, timeout=600).returncode
+    done = subprocess.run([sys.executable, '-c', code], env=env, timeout=600, capture_output=True, text=True)
+    assert done.returncode in (128 + signal.SIGTERM, -signal.SIGKILL), done.stderr[-3000:]
+    return done.returncode
 
 
 def test_terminated_export_leaves_nothing_and_a_killed_ones_leftover_goes_next_time(run, tmp_path, capsys):
@@ -298,7 +305,7 @@ def test_terminated_export_leaves_nothing_and_a_killed_ones_leftover_goes_next_t
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([live.name, 'out'])
 
 
-def test_interrupted_export_leaves_no_folder(run, tmp_path, monkeypatch):
+def test_interrupted_export_leaves_no_folder(run, exported, tmp_path, monkeypatch):
     import timm_tm.model_card
 
     def interrupted(*args, **kwargs):
@@ -309,12 +316,13 @@ def test_interrupted_export_leaves_no_folder(run, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_main([ckpt, '--out', str(tmp_path / 'new')])
     assert list(tmp_path.iterdir()) == []
-    (tmp_path / 'kept').mkdir()
-    (tmp_path / 'kept' / 'model.safetensors').write_text('previous export')
+    shutil.copytree(exported, tmp_path / 'kept')
     with pytest.raises(KeyboardInterrupt):
         export_main([ckpt, '--out', str(tmp_path / 'kept'), '--force'])
     assert [p.name for p in tmp_path.iterdir()] == ['kept']
-    assert (tmp_path / 'kept' / 'model.safetensors').read_text() == 'previous export'
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'kept').iterdir()} == {
+        p.name: p.read_bytes() for p in exported.iterdir()
+    }
 
 
 def test_export_errors_name_the_file(run, exported, tmp_path, capsys):

@@ -260,8 +260,8 @@ def _remove_abandoned_work(out: Path) -> None:
 
 def _check_out(out, force: bool, inputs: Dict[str, Any]) -> Path:
     """``out`` as an absolute path, once it is clear that writing it loses nothing: it is none of the export's
-    inputs, nor holds one, nor holds the working directory; and if it exists, ``force`` is given and it holds only
-    files an export writes (a previous export)."""
+    inputs, nor holds one, nor holds the working directory; and if it exists, ``force`` is given and it is empty or
+    a previous export (only files an export writes, and the config.json it writes)."""
     out = Path(os.path.abspath(out))
     if out.parent == out:
         raise ExportError(f'--out {out}: a file system root cannot be an export folder')
@@ -290,9 +290,23 @@ def _check_out(out, force: bool, inputs: Dict[str, Any]) -> Path:
             f'--out {out} exists and holds {shown}, which an export does not write: it is not a previous export, and '
             '--force only replaces one; export to a new folder instead'
         )
+    if any(out.iterdir()) and not _is_export_config(out / 'config.json'):
+        raise ExportError(
+            f'--out {out} exists and its config.json (if any) has no weights_sha256: it was not written by timm-tm '
+            'export, and --force only replaces an export; export to a new folder instead'
+        )
     if not force:
         raise ExportError(f'--out {out} exists: pass --force to replace it')
     return out
+
+
+def _is_export_config(path: Path) -> bool:
+    """True when ``path`` is the config.json of a timm-tm export (the only writer of ``weights_sha256``)."""
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get('weights_sha256'), dict)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -336,7 +350,8 @@ def export(
     The folder is written beside ``out`` under a temporary name, checked (``local-dir:`` reload gives the same
     logits as the checkpoint), then renamed: an interrupted export leaves no half folder (one killed outright leaves
     a hidden ``.partial`` folder, removed by the next export of ``out``). ``force`` replaces an existing ``out``
-    only when it is a previous export (it holds nothing but ``EXPORT_FILES``) and none of the inputs is in it.
+    only when it is empty or a previous export (nothing but ``EXPORT_FILES``, with the config.json an export
+    writes) and none of the inputs is in it.
     """
     import timm
     import torch
