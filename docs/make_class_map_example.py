@@ -2,7 +2,8 @@
 
 Trains a narrow tm_resnet18_small (one block per stage, widths 16-128, TM blocks after stages 3 and 4) briefly on
 real MNIST digits, saves it as timm's train.py does (``state_dict`` + ``args``), writes a held-out digit as a PNG,
-and draws it with ``timm-tm visualize``. Without the MNIST archive (``--mnist``), scikit-learn's 8 x 8 digits,
+and draws it with ``timm-tm visualize``. The digits are the MNIST copy that ships with the package (``--mnist`` for
+another archive); without it, scikit-learn's 8 x 8 digits,
 upsampled to 28 x 28, stand in.
 """
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import timm_tm  # noqa: F401  (registers the tm_* models)
-from timm_tm.data import load_digits_arrays, load_mnist_npz, split_arrays
+from timm_tm.data import PACKAGED_MNIST, load_digits_arrays, load_mnist_npz, split_arrays
 from timm_tm.visualize import main as visualize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def _to_input(digits: np.ndarray, data_config) -> torch.Tensor:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--mnist', type=Path, default=ROOT.parent / 'shared' / 'data' / 'mnist10k.npz')
+    p.add_argument('--mnist', type=Path, default=PACKAGED_MNIST, help='MNIST .npz (default: the packaged digits)')
     p.add_argument('--out', type=Path, default=ROOT / 'docs' / 'class_maps_example.png')
     p.add_argument('--epochs', type=int, default=2)
     p.add_argument('--digit', type=int, default=3, help='the class of the held-out digit to draw')

@@ -14,6 +14,7 @@ pytest.importorskip('sklearn')
 TINY = [
     '--dataset', 'digits', '--train-size', '64', '--val-size', '40', '--img-size', '8', '--channels', '8,16,16,16',
     '--layers', '1,1,1,1', '--epochs', '1', '--warmup-epochs', '0', '--batch-size', '32', '--threads', '1',
+    '--jobs', '1',
 ]  # fmt: skip
 
 
@@ -32,9 +33,9 @@ def test_end_to_end_numbers_match_what_was_printed(tmp_path, capsys):
     printed = capsys.readouterr().out
     result = json.loads((out / 'results.json').read_text())
     runs = {(r['variant'], r['seed']): r for r in result['runs']}
-    assert sorted(runs) == [('baseline', 0), ('baseline', 1), ('tm', 0), ('tm', 1)]
+    assert sorted(runs) == [(v, s) for v in ('baseline', 'tm', 'tm-embtied') for s in (0, 1)]
     md = (out / 'results.md').read_text()
-    for variant in ('baseline', 'tm'):
+    for variant in ('baseline', 'tm', 'tm-embtied'):
         seeds = [runs[(variant, s)]['top1'] for s in (0, 1)]
         # top-1 is a count of correct images out of the 40 val images
         assert all(abs(t * 40 / 100 - round(t * 40 / 100)) < 1e-6 for t in seeds)
@@ -48,7 +49,28 @@ def test_end_to_end_numbers_match_what_was_printed(tmp_path, capsys):
     # the baseline has no TM block; the TM model has its default two, with their final evidence weights
     assert runs[('baseline', 0)]['evidence_weight'] == {}
     assert len(runs[('tm', 0)]['evidence_weight']) == 2
-    assert (out / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert len(runs[('tm', 0)]['top1_per_epoch']) == 1
+    for picture in ('results.png', 'curves.png'):
+        assert (out / picture).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # the verdicts: TM against the baseline, and the embedding against its evidence-only twin, in plain words
+    for variant, reference in (('tm', 'baseline'), ('tm-embtied', 'baseline'), ('tm-embtied', 'tm')):
+        d = [runs[(variant, s)]['top1'] - runs[(reference, s)]['top1'] for s in (0, 1)]
+        line = re.search(rf'^{variant} vs {reference}: (.*)$', printed, re.M)
+        assert line, printed
+        assert f'{sum(d) / 2:+.2f} ± ' in line.group(1)
+        assert line.group(1).startswith(('no significant difference', 'better', 'worse'))
+
+
+def test_parallel_runs_give_the_serial_numbers(tmp_path):
+    """--jobs 2 runs side by side in worker processes, one thread each: the same per-seed numbers as one by one."""
+    numbers = {}
+    for jobs in ('1', '2'):
+        out = tmp_path / f'jobs{jobs}'
+        args = TINY + ['--seeds', '0', '--variants', 'baseline', 'tm', '--out', str(out), '--jobs', jobs]
+        assert main(args) == 0
+        runs = json.loads((out / 'results.json').read_text())['runs']
+        numbers[jobs] = [(r['variant'], r['seed'], r['top1'], r['train_loss_per_epoch']) for r in runs]
+    assert numbers['1'] == numbers['2']
 
 
 def test_resume_skips_finished_runs(tmp_path, capsys):
@@ -108,6 +130,23 @@ def test_parse_variant():
     assert parse_variant('baseline').is_baseline
     with pytest.raises(ValueError, match='tm-q7'):
         parse_variant('tm-q7')
+    assert parse_variant('tm-noembed').model_kwargs == dict(embedding='none')
+    assert parse_variant('tm-embtemplates-evlogits-w1').model_kwargs == dict(
+        embedding='templates', evidence_mode='logits', evidence_weight_init=1.0
+    )
+    longer = parse_variant('baseline-ep24')
+    assert longer.is_baseline and longer.epochs == 24 and parse_variant('baseline').epochs is None
+    with pytest.raises(ValueError, match='only ep<int>'):
+        parse_variant('baseline-m2')
+    with pytest.raises(ValueError, match='epochs must be >= 1'):
+        parse_variant('tm-ep0')
+
+
+def test_a_longer_variant_trains_its_own_epochs(tmp_path):
+    out = tmp_path / 'run'
+    assert main(TINY + ['--seeds', '0', '--variants', 'baseline', 'baseline-ep2', '--out', str(out)]) == 0
+    runs = {r['variant']: r for r in json.loads((out / 'results.json').read_text())['runs']}
+    assert len(runs['baseline']['top1_per_epoch']) == 1 and len(runs['baseline-ep2']['top1_per_epoch']) == 2
 
 
 @pytest.mark.parametrize(
@@ -117,16 +156,70 @@ def test_parse_variant():
         (['--variants', 'baseline', 'tm-zz'], "'zz'"),
         (['--variants', 'resnet'], "unknown variant 'resnet'"),
         (['--model', 'resnet18'], 'not a tm_* model'),
-        (['--dataset', 'cluttered-mnist'], '--mnist-npz'),
-        (['--mnist-npz', '/nonexistent.npz'], '/nonexistent.npz'),
+        (['--dataset', 'cluttered-mnist', '--mnist-npz', '/nonexistent.npz'], '/nonexistent.npz'),
+        (['--mnist-npz', '/nonexistent.npz'], '--mnist-npz is for --dataset cluttered-mnist'),
+        (['--opt', 'bogus'], "--opt 'bogus' is not a timm optimizer"),
+        (['--sched', 'bogus'], "--sched 'bogus' is not a timm scheduler"),
+        (['--lr', 'nan'], '--lr must be a finite number'),
+        (['--lr', '0'], '--lr must be > 0'),
+        (['--weight-decay', 'inf'], '--weight-decay must be a finite number'),
+        (['--smoothing', '1.5'], '--smoothing must be < 1'),
+        (['--jobs', '0'], '--jobs must be >= 1'),
+        (['--device', 'bogus'], "--device 'bogus' is not a torch device"),
+        (['--train-size', '0'], 'empty split'),
     ],
 )
 def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(argv + ['--out', str(tmp_path / 'never')])
+        main(TINY + argv + ['--out', str(tmp_path / 'never')])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'never').exists()
+
+
+def _npz(path, x, y):
+    import numpy as np
+
+    np.savez(path, x=np.asarray(x, dtype=np.uint8), y=np.asarray(y))
+    return str(path)
+
+
+def test_degenerate_or_foreign_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    digits = rng.integers(0, 255, (60, 28, 28))
+    cases = {
+        'one class': (_npz(tmp_path / 'one.npz', digits, np.zeros(60, dtype=np.int64)), 'at least 2'),
+        # classes 0-8 in every split but one image of class 9: the stratified split puts it in val only
+        'val class unseen': (
+            _npz(tmp_path / 'unseen.npz', digits, np.r_[np.arange(59) % 9, 9]),
+            'val classes [9] have no training',
+        ),
+        'garbage': (str(tmp_path / 'garbage.npz'), 'not a readable .npz'),
+        'wrong arrays': (str(tmp_path / 'wrong.npz'), 'expected arrays "x" and "y"'),
+    }
+    (tmp_path / 'garbage.npz').write_bytes(b'PK\x03\x04 not a zip at all')
+    np.savez(tmp_path / 'wrong.npz', images=digits)
+    for name, (path, message) in cases.items():
+        with pytest.raises(SystemExit) as e:
+            main(TINY[4:] + ['--dataset', 'cluttered-mnist', '--mnist-npz', path, '--out', str(tmp_path / 'never')])
+        assert e.value.code == 2, name
+        err = capsys.readouterr().err
+        assert message in err, (name, err)
+        assert 'Traceback' not in err
+        assert not (tmp_path / 'never').exists(), name
+
+
+def test_corrupted_results_file_under_resume_is_named(tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'results.json').write_text('{"config": ')
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ['--seeds', '0', '--variants', 'baseline', '--out', str(out), '--resume'])
+    assert e.value.code == 2
+    assert str(out / 'results.json') in capsys.readouterr().err
+    assert (out / 'results.json').read_text() == '{"config": '  # left as it was
 
 
 def test_data_dir_without_val_split(tmp_path, capsys):

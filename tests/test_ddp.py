@@ -39,7 +39,11 @@ init_distributed_device(args)  # train.py's set-up: gloo for CPU, env:// from to
 assert args.distributed
 rank, world_size = args.rank, args.world_size
 torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
-model = timm.create_model('tm_resnet18_small', num_classes=10, channels=(16, 32, 64, 128), stem_width=16)
+# the embedding with a BatchNorm and evidence with a learnable weight: every kind of TM state is synchronized
+model = timm.create_model(
+    'tm_resnet18_small', num_classes=10, channels=(16, 32, 64, 128), stem_width=16, embedding='templates',
+    evidence_mode='logits',
+)
 task = ClassificationTask(model, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
 task.prepare_distributed(device_ids=None)  # CPU modules take no device_ids
 ddp = task.get_trainable_module()

@@ -6,16 +6,23 @@ offline, on a saved resnetX state_dict. The ResNets get random BatchNorm paramet
 of their last BN, so that every residual branch matters (a fresh timm ResNet's branches start at zero).
 """
 
+import logging
+
 import pytest
 import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
+from conftest import randomize_tm_embeddings, tm_at_identity
 
 from timm_tm import TemplateMatching, convert_resnet_state_dict
 
 DEPTHS = (18, 26, 34, 50, 101, 152)
 IMG = 64
+
+# the 'tied' embedding: blocks that would change the features unless the conversion zeroes them (the default
+# embedding, 'none', changes nothing and would make these comparisons trivial)
+TIED = dict(embedding='tied')
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
@@ -37,8 +44,8 @@ def _resnet(name: str, **kwargs) -> nn.Module:
 def _assert_tm_at_identity(model: nn.Module) -> None:
     blocks = [m for m in model.modules() if isinstance(m, TemplateMatching)]
     assert blocks, 'the model has no TM blocks: the comparison would prove nothing'
-    for tm in blocks:
-        assert not tm.embed.weight.any() and tm.evidence_weight.item() == 0
+    assert all(tm.embedding != 'none' for tm in blocks), 'blocks without embedding would make this trivial'
+    assert tm_at_identity(model)
 
 
 @pytest.mark.parametrize('depth', DEPTHS)
@@ -52,7 +59,7 @@ def test_tm_resnet_with_resnet_weights_gives_resnet_logits(depth, tmp_path):
     assert ref.std() > 0.1  # a non-degenerate reference
 
     # by hand: convert_resnet_state_dict
-    tm = timm.create_model(f'tm_resnet{depth}').eval()
+    tm = timm.create_model(f'tm_resnet{depth}', **TIED).eval()
     converted = convert_resnet_state_dict(resnet_sd, tm)
     assert all(torch.equal(converted[k], v) for k, v in resnet_sd.items())  # ResNet weights pass through as they are
     tm.load_state_dict(converted)
@@ -65,7 +72,9 @@ def test_tm_resnet_with_resnet_weights_gives_resnet_logits(depth, tmp_path):
     # timm's real loader, offline: the saved resnetX file goes through the tm_resnetX pretrained_filter_fn
     path = tmp_path / f'resnet{depth}.safetensors'
     safetensors.torch.save_file(resnet_sd, str(path))
-    tm = timm.create_model(f'tm_resnet{depth}', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    tm = timm.create_model(
+        f'tm_resnet{depth}', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TIED
+    ).eval()
     _assert_tm_at_identity(tm)
     with torch.no_grad():
         torch.testing.assert_close(tm(x), ref, rtol=1e-5, atol=1e-5)
@@ -86,7 +95,9 @@ def test_pretrained_loader_torch_file_and_other_num_classes(tmp_path):
         # fresh TM blocks start at identity (zero embedding): the features are still exactly ResNet's
         torch.testing.assert_close(tm.forward_features(x), resnet.forward_features(x), rtol=1e-5, atol=1e-5)
     # an embedding model (num_classes=0) keeps the templates: here, fresh ones for the cfg's 1000 classes
-    emb = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0)
+    emb = timm.create_model(
+        'tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0, **TIED
+    )
     emb.eval()
     _assert_tm_at_identity(emb)
     with torch.no_grad():
@@ -98,7 +109,7 @@ def test_small_variant_matches_its_baseline():
     base = _randomize_bn(timm.create_model('tm_resnet18_small', tm_stages=(), num_classes=10, zero_init_last=False))
     base.eval()
     assert not list(base.tm_blocks())
-    tm = timm.create_model('tm_resnet18_small', num_classes=10).eval()
+    tm = timm.create_model('tm_resnet18_small', num_classes=10, **TIED).eval()
     tm.load_state_dict(convert_resnet_state_dict(base.state_dict(), tm))
     _assert_tm_at_identity(tm)
     x = torch.randn(2, 3, 32, 32)
@@ -108,22 +119,49 @@ def test_small_variant_matches_its_baseline():
 
 def test_tm_state_dict_round_trips_unchanged():
     """A tm_resnet state_dict in (trained TM blocks) comes out as it went in."""
-    tm = timm.create_model('tm_resnet18', num_classes=10)
+    tm = timm.create_model('tm_resnet18', num_classes=10, **TIED)
+    randomize_tm_embeddings(tm)
     for b in tm.tm_blocks().values():
-        nn.init.normal_(b.embed.weight)
-        b.evidence_weight.data.fill_(0.3)
+        b.evidence_weight.data.fill_(0.7)
     sd = tm.state_dict()
-    out = convert_resnet_state_dict(sd, timm.create_model('tm_resnet18', num_classes=10))
+    out = convert_resnet_state_dict(sd, timm.create_model('tm_resnet18', num_classes=10, **TIED))
     assert out.keys() == sd.keys()
     assert all(torch.equal(out[k], v) for k, v in sd.items())
 
 
 def test_equivalence_breaks_once_tm_blocks_are_nonzero():
-    """The comparison above can fail: a nonzero embedding or evidence weight changes the logits."""
+    """The comparison above can fail: a nonzero embedding, or evidence added to the logits, changes the logits."""
     resnet = _resnet('resnet18')
-    tm = timm.create_model('tm_resnet18').eval()
-    tm.load_state_dict(convert_resnet_state_dict(resnet.state_dict(), tm))
     x = torch.randn(2, 3, IMG, IMG)
-    tm.tm_blocks()['layer4.2'].evidence_weight.data.fill_(0.1)
+    tm = timm.create_model('tm_resnet18', **TIED).eval()
+    tm.load_state_dict(convert_resnet_state_dict(resnet.state_dict(), tm))
     with torch.no_grad():
+        tm.tm_blocks()['layer4.2'].embed_scale.fill_(0.1)
         assert not torch.allclose(tm(x), resnet(x), rtol=1e-5, atol=1e-5)
+    tm = timm.create_model('tm_resnet18', evidence_mode='logits').eval()
+    tm.load_state_dict(convert_resnet_state_dict(resnet.state_dict(), tm))
+    with torch.no_grad():
+        tm.tm_blocks()['layer4.2'].evidence_weight.fill_(0.1)
+        assert not torch.allclose(tm(x), resnet(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_loader_warns_only_when_it_reinitializes(tmp_path, caplog):
+    """A ResNet file of the model's class count loads exactly and silently; one of another class count loads its
+    backbone exactly, with a warning naming the re-initialized head (a TM checkpoint's other TM config: test_hub)."""
+    resnet = _resnet('resnet18')
+    path = tmp_path / 'resnet18.safetensors'
+    safetensors.torch.save_file(resnet.state_dict(), str(path))
+    x = torch.randn(2, 3, IMG, IMG)
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+        tm = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert not [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), resnet(x), rtol=1e-5, atol=1e-5)
+
+    overlay = dict(file=str(path), num_classes=-1)  # train.py --pretrained-path
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+        tm = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=7).eval()
+    (record,) = [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    assert 'is for 1000 classes, this model for 7' in record.getMessage() and 'fc.weight' in record.getMessage()
+    with torch.no_grad():
+        torch.testing.assert_close(tm.forward_features(x), resnet.forward_features(x), rtol=1e-5, atol=1e-5)

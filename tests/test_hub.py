@@ -5,6 +5,8 @@ Offline throughout: weights are placed in a temporary Hugging Face cache laid ou
 """
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Dict, Optional
 import pytest
 import timm
 import torch
+from conftest import tm_at_identity
 from timm.models._hub import save_for_hf
 
 from timm_tm.weights import PUBLISHED_TAGS, TM_WEIGHTS, WeightsFileError, tm_hub_id, verify_weights_file
@@ -104,8 +107,7 @@ def test_tm_resnet18_tag_equals_resnet18_exactly(hf_cache, tmp_path):
     tm_sd = tm.state_dict()
     for k, v in source.items():
         assert torch.equal(tm_sd[k], v), k
-    for name, block in tm.tm_blocks().items():
-        assert not block.embed.weight.any() and block.evidence_weight.item() == 0, name
+    assert tm_at_identity(tm)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert torch.equal(tm(x), resnet(x))
@@ -152,9 +154,6 @@ def test_unpublished_tag_says_so_and_shows_the_publish_commands(hf_cache, name):
 def test_unpublished_tag_loads_from_the_local_cache(hf_cache, tmp_path):
     name = 'tm_resnet18_small.mnist'
     model = timm.create_model('tm_resnet18_small', num_classes=10).eval()
-    with torch.no_grad():
-        for block in model.tm_blocks().values():
-            block.embed.weight.normal_(0, 0.01)  # not the init: a load that skipped the TM blocks would show
     folder = tmp_path / name
     save_for_hf(model, folder, safe_serialization=True)
     populate_hf_cache(hf_cache, tm_hub_id(name), folder)
@@ -163,6 +162,8 @@ def test_unpublished_tag_loads_from_the_local_cache(hf_cache, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+    loaded_sd = loaded.state_dict()  # the TM blocks too, though they change no prediction: templates are trained
+    assert all(torch.equal(loaded_sd[k], v) for k, v in model.state_dict().items())
 
 
 def _corrupt(path: Path, how: str) -> None:
@@ -201,3 +202,120 @@ def test_verify_weights_file_checks_the_header_without_a_recorded_hash(tmp_path)
     assert str(path) in str(e.value)
     with pytest.raises(WeightsFileError, match='not found'):
         verify_weights_file(tmp_path / 'missing.safetensors')
+
+
+# --- tm_resnet checkpoints through timm's pretrained paths: another TM configuration is refused ----------------------
+
+
+def _tm_checkpoint(tmp_path: Path, how: str, **kwargs) -> str:
+    """A tm_resnet18_small (10 classes, ``kwargs``) saved as timm's pretrained paths read it; the path to pass.
+
+    'file': a state_dict file for ``pretrained_cfg_overlay=dict(file=...)``. 'local-dir': a save_for_hf folder whose
+    config.json lacks the TM model args (as an older export's does): the model is built with the defaults.
+    """
+    source = timm.create_model('tm_resnet18_small', num_classes=10, **kwargs)
+    if how == 'file':
+        path = tmp_path / 'source.pth'
+        torch.save(source.state_dict(), path)
+        return str(path)
+    folder = tmp_path / 'source'
+    save_for_hf(source, folder, safe_serialization=True)
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'] = {'num_classes': 10}
+    (folder / 'config.json').write_text(json.dumps(config))
+    return str(folder)
+
+
+def _load(how: str, path: str, **kwargs):
+    if how == 'file':
+        overlay = dict(file=path, num_classes=10)  # the checkpoint's class count, as train.py --pretrained-path sets
+        return timm.create_model('tm_resnet18_small', pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    return timm.create_model(f'local-dir:{path}', pretrained=True, **kwargs)
+
+
+@pytest.mark.parametrize('how', ['file', 'local-dir'])
+@pytest.mark.parametrize('num_classes', [10, 7])  # 7: timm loads non-strict (its head dropped): nothing may slip
+@pytest.mark.parametrize(
+    'source_kwargs, model_kwargs, needle',
+    [
+        (dict(tm_stages=(4,)), dict(), 'tm_stages=(4,)'),  # blocks the checkpoint lacks: no fresh ones filled in
+        (dict(), dict(tm_stages=(4,)), 'tm_stages=(3, 4)'),  # blocks the model lacks: not dropped
+        (dict(templates_per_class=2), dict(), 'templates_per_class=2'),
+        (dict(), dict(templates_per_class=3), 'templates_per_class=1'),
+    ],
+)
+def test_pretrained_tm_checkpoint_of_other_tm_config_is_refused(
+    hf_cache, tmp_path, how, num_classes, source_kwargs, model_kwargs, needle
+):
+    path = _tm_checkpoint(tmp_path, how, **source_kwargs)
+    with pytest.raises(RuntimeError) as e:
+        _load(how, path, num_classes=num_classes, **model_kwargs)
+    message = str(e.value)
+    assert needle in message and path in message and 'nothing was loaded' in message, message
+    assert '\n' not in message  # one line
+
+
+def test_pretrained_tm_checkpoint_lacking_tm_entries_is_refused(hf_cache, tmp_path):
+    """A TM block whose entries differ from the model's (another TM option): refused, the entries named."""
+    source = timm.create_model('tm_resnet18_small', num_classes=10).state_dict()
+    del source['layer4.2.log_temperature']
+    source['layer4.2.extra.weight'] = torch.zeros(3)
+    path = tmp_path / 'source.pth'
+    torch.save(source, path)
+    with pytest.raises(RuntimeError, match=r'layer4\.2\.extra\.weight.*lacks.*layer4\.2\.log_temperature'):
+        _load('file', str(path), num_classes=7)  # non-strict in timm: the missing entry would stay at its init
+
+
+@pytest.mark.parametrize('overlay_classes', [-1, None])  # train.py --pretrained-path; the cfg's 1000
+def test_pretrained_tm_checkpoint_for_other_classes_reinitializes_class_parts_and_says_so(
+    hf_cache, tmp_path, caplog, overlay_classes
+):
+    source = timm.create_model('tm_resnet18_small', num_classes=10, templates_per_class=2)
+    with torch.no_grad():  # away from the init, so that a skipped load would show
+        source.layer4[1].conv2.weight.mul_(2)
+    path = tmp_path / 'source.pth'
+    torch.save(source.state_dict(), path)
+    overlay = dict(file=str(path)) if overlay_classes is None else dict(file=str(path), num_classes=overlay_classes)
+    num_classes = 1000 if overlay_classes is None else 7  # None: the cfg's class count, so timm keeps the head
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+        model = timm.create_model(
+            'tm_resnet18_small',
+            pretrained=True,
+            pretrained_cfg_overlay=overlay,
+            num_classes=num_classes,
+            templates_per_class=2,
+        )
+    assert model.fc.weight.shape[0] == num_classes
+    assert all(b.templates.weight.shape[0] == 2 * num_classes for b in model.tm_blocks().values())
+    torch.testing.assert_close(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    (record,) = [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    message = record.getMessage()
+    assert str(path) in message and f'is for 10 classes, this model for {num_classes}' in message
+    assert 're-initialized' in message and 'fc.weight' in message and 'layer4.2.templates.weight' in message
+
+
+def test_pretrained_tm_checkpoint_for_the_same_config_loads_without_a_warning(hf_cache, tmp_path, caplog):
+    """The refusals above are specific: the checkpoint's own configuration loads as saved, silently."""
+    path = _tm_checkpoint(tmp_path, 'file', tm_stages=(4,), templates_per_class=2)
+    source = torch.load(path)
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+        model = _load('file', path, num_classes=10, tm_stages=(4,), templates_per_class=2)
+    assert not [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    loaded = model.state_dict()
+    assert loaded.keys() == source.keys() and all(torch.equal(loaded[k], v) for k, v in source.items())
+
+
+def test_pretrained_headless_tm_checkpoint_must_match_the_template_count(hf_cache, tmp_path):
+    """An embedding checkpoint (num_classes=0: no fc.weight) keeps its templates: their count must be the model's."""
+    source = timm.create_model('tm_resnet18_small', num_classes=0, template_classes=10, templates_per_class=2)
+    assert 'fc.weight' not in source.state_dict()
+    path = tmp_path / 'embedding.pth'
+    torch.save(source.state_dict(), path)
+    overlay = dict(file=str(path), num_classes=10)
+    with pytest.raises(RuntimeError, match='no head.*20 templates.*templates_per_class'):
+        timm.create_model('tm_resnet18_small', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0)
+    model = timm.create_model(
+        'tm_resnet18_small', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, templates_per_class=2
+    )
+    for name, block in model.tm_blocks().items():
+        assert torch.equal(block.templates.weight, source.tm_blocks()[name].templates.weight)

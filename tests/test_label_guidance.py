@@ -1,8 +1,9 @@
 """Label guidance through the logits: whatever loss timm's train.py builds, the label reaches the templates.
 
 train.py computes ``loss = criterion(model(input), target)`` through a ``timm.task`` task; the model never sees
-the labels. The TM blocks' class evidence is added to the logits, so the label's gradient reaches each block's
-templates and evidence weight through any loss on the logits. A fresh block's embedding is zero, so at
+the labels. The TM blocks' class evidence enters the logits (as gradient only by default, ``evidence_mode='gradient'``;
+added to them with ``'logits'``), so the label's gradient reaches each block's templates through any loss on the
+logits. A fresh block's embedding is zero, so at
 initialization the templates receive gradient through the evidence alone: these tests prove the label path.
 """
 
@@ -76,17 +77,24 @@ def _tm_grads(task, mixup, x: torch.Tensor, y: torch.Tensor):
     assert torch.isfinite(loss)
     loss.backward()
     return {
-        name: (tm.templates.weight.grad.detach().clone(), tm.evidence_weight.grad.detach().clone())
+        name: (tm.templates.weight.grad.detach().clone(), _grad_or_zero(tm.evidence_weight))
         for name, tm in model.tm_blocks().items()
     }
 
 
+def _grad_or_zero(p: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+
+
+@pytest.mark.parametrize('mode', ['gradient', 'logits'])
 @pytest.mark.parametrize('loss', list(LOSSES))
-def test_label_gradient_reaches_templates_and_evidence_weights(loss, digits_batch):
+def test_label_gradient_reaches_templates(loss, mode, digits_batch):
+    """The label reaches the templates under every loss; the evidence weight learns only in 'logits' mode (in
+    'gradient' mode it is a fixed gain, and the predictions are the head's alone)."""
     x, y = digits_batch
-    model = _small_model()
-    for tm in model.tm_blocks().values():  # the embedding is zero: templates learn through the evidence only
-        assert not tm.embed.weight.any()
+    model = _small_model(evidence_mode=mode)
+    for tm in model.tm_blocks().values():  # no embedding: templates learn through the evidence only
+        assert tm.embedding == 'none'
     task, mixup = _task(loss, model)
     grads = _tm_grads(task, mixup, x, y)
     grads_other_labels = _tm_grads(task, mixup, x, (y + 1) % NUM_CLASSES)
@@ -94,21 +102,27 @@ def test_label_gradient_reaches_templates_and_evidence_weights(loss, digits_batc
     for name, (g_templates, g_weight) in grads.items():
         assert torch.isfinite(g_templates).all() and torch.isfinite(g_weight)
         assert g_templates.abs().sum() > 0, f'{loss}: no gradient reaches the templates of {name}'
-        assert g_weight != 0, f'{loss}: no gradient reaches the evidence weight of {name}'
         # the label, not just the image, drives them
         other_templates, other_weight = grads_other_labels[name]
         assert not torch.allclose(g_templates, other_templates), f'{loss}: templates of {name} ignore the label'
-        assert not torch.allclose(g_weight, other_weight), f'{loss}: evidence weight of {name} ignores the label'
+        if mode == 'logits':
+            assert g_weight != 0, f'{loss}: no gradient reaches the evidence weight of {name}'
+            assert not torch.allclose(g_weight, other_weight), f'{loss}: evidence weight of {name} ignores the label'
+        else:
+            assert g_weight == 0 and other_weight == 0, f'{loss}: the evidence weight of {name} is a fixed gain'
 
 
-def test_templates_learn_through_the_evidence_alone_at_init(digits_batch):
+@pytest.mark.parametrize('mode', ['gradient', 'logits'])
+def test_templates_learn_through_the_evidence_alone_at_init(mode, digits_batch):
     """With the evidence weights at zero a fresh model's templates get no gradient: the evidence is the path."""
     x, y = digits_batch
-    model = _small_model(evidence_weight_init=0.0)
+    model = _small_model(evidence_weight_init=0.0, evidence_mode=mode)
     task, _ = _task('cross_entropy', model)
     for name, (g_templates, g_weight) in _tm_grads(task, None, x, y).items():
         assert not g_templates.any(), name
-        assert g_weight != 0, name  # the evidence weight itself still learns to open the path
+        # in 'logits' mode the evidence weight itself still learns to open the path; in 'gradient' mode w = 0 is
+        # the control without label guidance, and stays so
+        assert (g_weight != 0) == (mode == 'logits'), name
 
 
 def _class_evidence(model: torch.nn.Module, x: torch.Tensor, weighted: bool = True) -> torch.Tensor:
@@ -164,7 +178,7 @@ def test_class_evidence_alone_ranks_the_true_class_after_short_training(mnist_ar
     torch.manual_seed(0)
     model = _small_model(in_chans=1)
     _train(model, x_train, y_train, steps=60)
-    top1 = (_class_evidence(model, x_test).argmax(1) == y_test).float().mean().item()
+    top1 = (_class_evidence(model, x_test, weighted=False).argmax(1) == y_test).float().mean().item()
     assert top1 >= 0.5, f'class evidence top-1 {top1:.1%} after training (chance 10%)'
 
     torch.manual_seed(0)

@@ -13,13 +13,24 @@ import torch.nn.functional as F
 
 from timm_tm import TemplateMatching
 
+EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
+
+
+def randomize_embedding(tm: TemplateMatching, std: float = 0.1) -> TemplateMatching:
+    """Random embedding weights (a zero embedding would make the block the identity and hide bugs)."""
+    with torch.no_grad():
+        if tm.embed is not None:
+            nn.init.normal_(tm.embed.weight, std=std)
+        if tm.embed_scale is not None:
+            nn.init.normal_(tm.embed_scale, std=std)
+    return tm
+
 
 def _make(channels=8, num_classes=5, m=3, nontrivial=True, **kwargs) -> TemplateMatching:
-    """A block whose embedding is random (a zero embedding would make the block the identity and hide bugs)."""
+    """A block with the 'templates' embedding (unless told otherwise), made random when ``nontrivial``."""
+    kwargs.setdefault('embedding', 'templates')
     tm = TemplateMatching(channels, num_classes, templates_per_class=m, **kwargs)
-    if nontrivial:
-        nn.init.normal_(tm.embed.weight, std=0.1)
-    return tm
+    return randomize_embedding(tm) if nontrivial else tm
 
 
 def test_shapes():
@@ -37,15 +48,57 @@ def test_shapes():
     assert class_map.shape == (b, n, h, w)
     torch.testing.assert_close(y2, y)
     torch.testing.assert_close(tm(x), y)
-    # the evidence is the spatial mean of the class map, scaled by the evidence weight
+    # with evidence_mode='logits' the evidence is the spatial mean of the class map, scaled by the evidence weight
+    tm.evidence_mode = 'logits'
     tm.evidence_weight.data.fill_(0.5)
     torch.testing.assert_close(tm.forward_with_evidence(x)[1], 0.5 * class_map.mean(dim=(2, 3)))
 
 
-def test_new_block_is_identity():
-    tm = TemplateMatching(8, 5, templates_per_class=2)
+def test_gradient_mode_evidence_is_zero_with_the_logits_modes_gradient():
+    """'gradient' evidence adds nothing to the logits, yet sends the templates exactly the 'logits' mode's gradient."""
+    x = torch.randn(3, 8, 4, 4)
+    target = torch.tensor([0, 2, 4])
+    grads = {}
+    for mode in ('gradient', 'logits'):
+        torch.manual_seed(0)
+        tm = _make(8, 5, 2, evidence_mode=mode, evidence_weight_init=0.3)
+        logits = torch.randn(3, 5)
+        _, evidence = tm.forward_with_evidence(x)
+        if mode == 'gradient':
+            assert not evidence.any()  # the predictions are the head's alone
+        # the loss's gradient at the logits must be the same for both modes to compare: take it at `logits`
+        (evidence * (F.softmax(logits, 1) - F.one_hot(target, 5))).sum().backward()
+        grads[mode] = (tm.templates.weight.grad.clone(), tm.log_temperature.grad.clone(), tm.evidence_weight.grad)
+    torch.testing.assert_close(grads['gradient'][0], grads['logits'][0])
+    torch.testing.assert_close(grads['gradient'][1], grads['logits'][1])
+    assert grads['gradient'][2] == 0 and grads['logits'][2] != 0  # a fixed gain in 'gradient' mode
+
+
+@pytest.mark.parametrize('embedding', EMBEDDINGS)
+def test_new_block_is_identity(embedding):
+    tm = TemplateMatching(8, 5, templates_per_class=2, embedding=embedding)
     x = torch.randn(2, 8, 4, 4)
     torch.testing.assert_close(tm(x), x, rtol=0, atol=0)
+    # and it stops being one once the embedding is trained away from zero (except 'none', which has none)
+    randomize_embedding(tm)
+    assert torch.equal(tm(x), x) == (embedding == 'none')
+
+
+def test_embeddings_follow_reference_formulas():
+    """Each embedding computes what its docstring says, written out plainly here."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 4)
+    for embedding in ('classes', 'tied'):
+        tm = randomize_embedding(TemplateMatching(6, 4, templates_per_class=2, embedding=embedding)).eval()
+        scores = tm.match(x)
+        if embedding == 'classes':  # softmax over the N classes of the class map, one vector per class
+            p = torch.softmax(tm.pool_classes(scores), dim=1)
+            expected = x + torch.einsum('cn,bnhw->bchw', tm.embed.weight.flatten(1), p)
+        else:  # softmax over the K templates, the unit templates as directions, a per-channel scale
+            p = torch.softmax(scores, dim=1)
+            units = F.normalize(tm.templates.weight.flatten(1), dim=1)
+            expected = x + torch.einsum('kc,bkhw->bchw', units, p) * tm.embed_scale.view(1, -1, 1, 1)
+        torch.testing.assert_close(tm(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_scores_are_temperature_times_cosine():
@@ -106,25 +159,29 @@ def test_finite_under_autocast_large_features(dtype):
         assert torch.isfinite(p.grad).all(), name
 
 
-def test_gradients_reach_every_parameter():
-    tm = _make(8, 4, 2)
+@pytest.mark.parametrize('embedding', EMBEDDINGS)
+@pytest.mark.parametrize('mode', ['gradient', 'logits'])
+def test_gradients_reach_every_parameter(embedding, mode):
+    tm = _make(8, 4, 2, embedding=embedding, evidence_mode=mode)
     tm.train()
     x = torch.randn(4, 8, 5, 5)
     y, evidence = tm.forward_with_evidence(x)
-    (y.square().mean() + F.cross_entropy(evidence, torch.tensor([0, 1, 2, 3]))).backward()
-    params = dict(tm.named_parameters())
-    for name in ('templates.weight', 'log_temperature', 'norm.weight', 'norm.bias', 'embed.weight', 'evidence_weight'):
-        g = params[name].grad
-        assert g is not None and g.abs().sum() > 0, f'no gradient reaches {name}'
+    (y.square().mean() + F.cross_entropy(torch.randn(4, 4) + evidence, torch.tensor([0, 1, 2, 3]))).backward()
+    for name, p in tm.named_parameters():
+        if name == 'evidence_weight' and mode == 'gradient':
+            assert p.grad is None or p.grad == 0, 'the evidence weight is a fixed gain in gradient mode'
+            continue
+        assert p.grad is not None and p.grad.abs().sum() > 0, f'no gradient reaches {name}'
 
 
-def test_evidence_alone_trains_templates_and_temperature():
+@pytest.mark.parametrize('mode', ['gradient', 'logits'])
+def test_evidence_alone_trains_templates_and_temperature(mode):
     """With the fresh (zero) embedding, the label still reaches templates and temperature through the evidence."""
-    tm = TemplateMatching(8, 4, templates_per_class=2)
+    tm = TemplateMatching(8, 4, templates_per_class=2, evidence_mode=mode)
     x = torch.randn(4, 8, 5, 5)
     _, evidence = tm.forward_with_evidence(x)
     F.cross_entropy(evidence, torch.tensor([0, 1, 2, 3])).backward()
-    for p in (tm.templates.weight, tm.log_temperature, tm.evidence_weight):
+    for p in (tm.templates.weight, tm.log_temperature):
         assert p.grad.abs().sum() > 0
 
 
@@ -187,16 +244,21 @@ def test_reset_classes_rebuilds_class_tied_parts():
     assert tm.num_classes == 7 and tm.templates.weight.shape == (14, 8, 1, 1)
     assert tm.norm.num_features == 14 and tm.embed.weight.shape == (8, 14, 1, 1)
     assert not tm.training and not tm.norm.training
-    assert tm.evidence_weight.item() == tm.evidence_weight_init
+    assert math.isclose(tm.evidence_weight.item(), tm.evidence_weight_init, rel_tol=1e-6)
     x = torch.randn(2, 8, 3, 3)
     torch.testing.assert_close(tm(x), x, rtol=0, atol=0)  # identity again
 
 
-def test_temperature_stays_positive():
-    tm = TemplateMatching(4, 2, temperature_init=16.0)
+def test_temperature_is_clamped_to_its_range():
+    """An optimizer may push log_temperature anywhere; the scores use a temperature within temperature_range."""
+    tm = TemplateMatching(4, 2, temperature_init=16.0, temperature_range=(4.0, 32.0))
     assert math.isclose(tm.temperature.item(), 16.0, rel_tol=1e-6)
-    tm.log_temperature.data.fill_(-50.0)  # wherever an optimizer pushes it
-    assert tm.temperature.item() > 0
+    x = torch.randn(2, 4, 3, 3)
+    for log_t, expected in ((-50.0, 4.0), (50.0, 32.0), (math.log(8.0), 8.0)):
+        tm.log_temperature.data.fill_(log_t)
+        assert math.isclose(tm.temperature.item(), expected, rel_tol=1e-5)
+        assert math.isclose(tm.match(x).abs().max().item(), expected, rel_tol=0.35)  # some region-template near 1
+        assert tm.match(x).abs().max().item() <= expected * (1 + 1e-5)
 
 
 @pytest.mark.parametrize(
@@ -207,10 +269,33 @@ def test_temperature_stays_positive():
         (dict(channels=4, num_classes=3, templates_per_class=0), 'templates_per_class'),
         (dict(channels=4, num_classes=3, evidence_pool='mean'), 'evidence_pool'),
         (dict(channels=4, num_classes=3, temperature_init=0.0), 'temperature_init'),
+        (dict(channels=4, num_classes=3, temperature_init=float('nan')), 'temperature_init'),
+        (dict(channels=4, num_classes=3, temperature_init=float('inf')), 'temperature_init'),
+        (dict(channels=4, num_classes=3, temperature_init=64.0), 'temperature_init must lie in'),
+        (dict(channels=4, num_classes=3, temperature_range=(8.0, 4.0)), 'temperature_range'),
+        (dict(channels=4, num_classes=3, evidence_weight_init=float('nan')), 'evidence_weight_init'),
+        (dict(channels=4, num_classes=3, evidence_weight_init=float('-inf')), 'evidence_weight_init'),
+        (dict(channels=4, num_classes=3, evidence_mode='both'), 'evidence_mode'),
+        (dict(channels=4, num_classes=3, embedding='mlp'), 'embedding'),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        TemplateMatching(**kwargs)
+
+
+@pytest.mark.parametrize(
+    'kwargs, match',
+    [
+        (dict(channels=4, num_classes=3, templates_per_class=2.5), 'templates_per_class'),
+        (dict(channels=4.0, num_classes=3), 'channels'),
+        (dict(channels=4, num_classes=True), 'num_classes'),
+        (dict(channels=4, num_classes=3, temperature_init='16'), 'temperature_init'),
+        (dict(channels=4, num_classes=3, temperature_range=4.0), 'temperature_range'),
+    ],
+)
+def test_wrong_types_are_refused_as_clearly(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         TemplateMatching(**kwargs)
 
 
@@ -236,7 +321,7 @@ class _StageWithTM(nn.Module):
 
         self.backbone = timm.create_model(model_name, features_only=True, out_indices=(1,), in_chans=1)
         channels = self.backbone.feature_info.channels()[-1]
-        self.tm = TemplateMatching(channels, num_classes, templates_per_class=2)
+        self.tm = TemplateMatching(channels, num_classes, templates_per_class=2, embedding='templates')
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,5 +352,5 @@ def test_follows_a_stage_of_another_timm_cnn(model_name):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
-    for name in ('tm.templates.weight', 'tm.log_temperature', 'tm.embed.weight', 'tm.evidence_weight'):
+    for name in ('tm.templates.weight', 'tm.log_temperature', 'tm.embed.weight'):
         assert not torch.equal(before[name], dict(model.named_parameters())[name]), f'{name} did not train'

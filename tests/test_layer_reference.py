@@ -1,4 +1,4 @@
-"""The fast TemplateMatching forward path equals a plain implementation written from the spec (TM_BLOCK.md).
+"""The fast TemplateMatching forward path equals a plain implementation written from its spec (docs/DESIGN.md).
 
 The reference below normalizes regions and templates with ``F.normalize`` and matches them with an einsum,
 one step per line of the spec; the layer fuses the normalization into the conv and must still agree with it
@@ -56,7 +56,12 @@ def reference_forward_with_evidence(tm: TemplateMatching, x: torch.Tensor) -> Tu
 
 
 def _block(channels: int, num_classes: int, m: int, pool: str) -> TemplateMatching:
-    tm = TemplateMatching(channels, num_classes, templates_per_class=m, evidence_pool=pool, temperature_init=12.0)
+    # the original block: BN + ReLU over the templates, evidence added to the logits (the 'gradient' mode is the same
+    # forward pass with zero evidence, tests/test_layer.py)
+    tm = TemplateMatching(
+        channels, num_classes, templates_per_class=m, evidence_pool=pool, temperature_init=12.0,
+        embedding='templates', evidence_mode='logits',
+    )  # fmt: skip
     # every part non-trivial: a zero embedding or default BN affine would hide errors in them
     nn.init.normal_(tm.embed.weight, std=0.1)
     nn.init.uniform_(tm.norm.weight, 0.5, 1.5)

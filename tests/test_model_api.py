@@ -13,6 +13,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import randomize_tm_embeddings, tm_at_identity
 
 from timm_tm import TemplateMatching, TemplateMatchingResNet
 
@@ -21,14 +22,16 @@ IMG = 64  # tm_resnet18: 2 x 2 features at stage 4, 4 x 4 at stage 3
 
 def _nontrivial(model: nn.Module, std: float = 0.05) -> nn.Module:
     """Random TM embeddings, so the TM blocks change the features (a fresh block is the identity)."""
+    randomize_tm_embeddings(model, std=std)
     for tm in model.modules():
         if isinstance(tm, TemplateMatching):
-            nn.init.normal_(tm.embed.weight, std=std)
             tm.evidence_weight.data.fill_(0.7)
     return model
 
 
 def _create(name: str = 'tm_resnet18', **kwargs) -> TemplateMatchingResNet:
+    # the 'tied' embedding: the TM blocks change the features (the default, 'none', would hide a skipped block)
+    kwargs.setdefault('embedding', 'tied')
     return _nontrivial(timm.create_model(name, **kwargs)).eval()
 
 
@@ -77,7 +80,7 @@ def test_num_classes_zero_keeps_and_runs_templates():
     assert set(_tm_outputs(model, x)) == {'layer3.2', 'layer4.2'}
     identity = copy.deepcopy(model)
     for tm in identity.tm_blocks().values():
-        nn.init.zeros_(tm.embed.weight)
+        tm.zero_init_last()
     with torch.no_grad():
         assert not torch.allclose(model(x), identity(x), atol=1e-4)
         torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
@@ -110,9 +113,8 @@ def test_reset_classifier_rebuilds_templates_with_head(num_classes):
     for tm in model.tm_blocks().values():
         assert tm.num_classes == num_classes
         assert tm.templates.weight.shape == (2 * num_classes, tm.channels, 1, 1)
-        assert tm.norm.num_features == 2 * num_classes
-        assert tm.embed.weight.shape == (tm.channels, 2 * num_classes, 1, 1)
-        assert not tm.embed.weight.any()  # fresh blocks are the identity again
+        assert tm.embed_scale.shape == (tm.channels,)
+        assert tm_at_identity(tm)  # fresh blocks are the identity again
         assert tm.training
     # the rebuilt TM blocks follow the model's dtype (the head is timm's: it does so from timm 1.0.31)
     model = model.to(torch.float64)
@@ -191,7 +193,9 @@ def test_global_pool_empty_gives_feature_maps():
 
 def test_features_only_out_indices_and_feature_info():
     ref = _create(num_classes=10)
-    feat = timm.create_model('tm_resnet18', features_only=True, out_indices=(2, 3, 4), num_classes=10).eval()
+    feat = timm.create_model(
+        'tm_resnet18', features_only=True, out_indices=(2, 3, 4), num_classes=10, embedding='tied'
+    ).eval()
     missing, unexpected = feat.load_state_dict(ref.state_dict(), strict=False)
     assert not missing  # every feature-model key, the TM blocks' included, comes from the classifier model
     assert set(unexpected) == {'fc.weight', 'fc.bias'}
@@ -217,8 +221,9 @@ def test_features_only_small_reductions():
     assert [o.shape[-1] for o in outs] == [32, 32, 16, 8, 4]
 
 
-def test_forward_features_and_head():
-    model = _create(num_classes=10)
+@pytest.mark.parametrize('mode', ['gradient', 'logits'])
+def test_forward_features_and_head(mode):
+    model = _create(num_classes=10, evidence_mode=mode)
     x = _x()
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -232,7 +237,11 @@ def test_forward_features_and_head():
         # model(x) = linear head on the pooled features + the class evidence of the TM blocks
         torch.testing.assert_close(logits, model.forward_head(feats, class_evidence=evidence))
         torch.testing.assert_close(logits, model.fc(pre) + evidence)
-        assert not torch.allclose(model.forward_head(feats), logits, atol=1e-4)  # the evidence is not zero
+        if mode == 'logits':
+            assert not torch.allclose(model.forward_head(feats), logits, atol=1e-4)  # the evidence is not zero
+        else:  # the evidence reaches the logits as gradient only: the predictions are the head's
+            assert not evidence.any()
+            torch.testing.assert_close(model.forward_head(feats), logits, rtol=0, atol=0)
         # the TM blocks run as modules inside model(x): forward hooks on them fire
         assert set(_tm_outputs(model, x)) == {'layer3.2', 'layer4.2'}
 
@@ -289,7 +298,7 @@ def test_set_grad_checkpointing_same_outputs_and_grads():
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5, msg=name)
     # the TM parameters got gradients through the checkpointed path
-    for name in ('layer4.2.templates.weight', 'layer4.2.evidence_weight', 'layer3.2.embed.weight'):
+    for name in ('layer4.2.templates.weight', 'layer4.2.log_temperature', 'layer3.2.embed_scale'):
         assert grads[name].grad.abs().sum() > 0
     # forward_features and forward_intermediates under checkpointing (train mode: the recomputation in backward
     # updates BN running statistics a second time, as in any timm model, so eval outputs would differ)
@@ -317,7 +326,7 @@ def test_group_matcher_layer_decay_puts_tm_blocks_with_their_stage():
     # fine groups (one per block): each TM block sits after its stage's last residual block, before the next stage
     assert scale['layer3.1.conv1.weight'] < scale['layer3.2.templates.weight'] < scale['layer4.0.conv1.weight']
     assert scale['layer4.1.conv1.weight'] < scale['layer4.2.templates.weight'] <= scale['fc.weight']
-    for part in ('templates.weight', 'embed.weight', 'norm.weight', 'log_temperature', 'evidence_weight'):
+    for part in ('templates.weight', 'embed_scale', 'log_temperature', 'evidence_weight'):
         assert scale[f'layer4.2.{part}'] == scale['layer4.2.templates.weight']
     # an optimizer built from them by timm's factory
     from timm.optim import create_optimizer_v2
@@ -363,9 +372,15 @@ def test_fx_feature_extraction():
             torch.testing.assert_close(a, b)
 
 
-def test_features_only_fx():
-    ref = _create(num_classes=10)
-    feat = timm.create_model('tm_resnet18', features_only=True, feature_cls='fx', out_indices=(3, 4), num_classes=10)
+@pytest.mark.parametrize('embedding', ['none', 'tied'])
+def test_features_only_fx(embedding):
+    """FX feature extraction returns each stage's features, also when its TM block returns its input unchanged."""
+    ref = timm.create_model('tm_resnet18', num_classes=10, embedding=embedding).eval()
+    if embedding != 'none':
+        _nontrivial(ref)
+    feat = timm.create_model(
+        'tm_resnet18', features_only=True, feature_cls='fx', out_indices=(3, 4), num_classes=10, embedding=embedding
+    )
     assert type(feat).__name__ == 'FeatureGraphNet'
     feat.load_state_dict({f'graph_module.{k}': v for k, v in ref.state_dict().items()}, strict=False)
     feat.eval()
@@ -496,6 +511,31 @@ def test_onnx_export_dynamo(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model('tm_resnet18', **kwargs)
+
+
+@pytest.mark.parametrize(
+    'kwargs, error, match',
+    [
+        (dict(temperature_init=float('nan')), ValueError, 'temperature_init'),
+        (dict(temperature_init=float('inf')), ValueError, 'temperature_init'),
+        (dict(temperature_init=0.0), ValueError, 'temperature_init'),
+        (dict(evidence_weight_init=float('nan')), ValueError, 'evidence_weight_init'),
+        (dict(evidence_weight_init=float('-inf')), ValueError, 'evidence_weight_init'),
+        (dict(evidence_weight_init='1'), TypeError, 'evidence_weight_init'),
+        (dict(templates_per_class=2.5), TypeError, 'templates_per_class'),
+        (dict(templates_per_class=True), TypeError, 'templates_per_class'),
+        (dict(tm_stages=3), TypeError, 'tm_stages'),
+        (dict(tm_stages='34'), TypeError, 'tm_stages'),
+        (dict(tm_stages=(3.0, 4)), TypeError, 'tm_stages'),
+        (dict(num_classes=10.0), TypeError, 'num_classes'),
+        (dict(num_classes=0, template_classes=2.5), TypeError, 'template_classes'),
+    ],
+)
+def test_non_finite_and_wrong_type_arguments_name_the_parameter(kwargs, error, match):
+    """Refused when the model is built, in one line: a NaN init would give NaN outputs, a float count a crash."""
+    with pytest.raises(error, match=match) as e:
+        timm.create_model('tm_resnet18', **kwargs)
+    assert '\n' not in str(e.value)
 
 
 def test_bad_reset_classifier():

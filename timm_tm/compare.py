@@ -7,13 +7,15 @@ blocks: each is the same ``tm_*`` model, the baseline with ``tm_stages=()``. For
 head start from the same weights in every variant (the TM blocks are built after them) and see the same batches
 in the same order, so per-seed differences are paired.
 
-Data: scikit-learn's digits (the default, installs with scikit-learn), cluttered MNIST built from an MNIST
-``.npz`` (``--mnist-npz``), or any ImageFolder-layout folder with ``train/`` and ``val/`` (``--data-dir``, read
-with timm's ``create_dataset`` / ``create_loader``).
+Data: scikit-learn's digits (the default, installs with scikit-learn), cluttered MNIST built from the 10,000 real
+MNIST digits that ship with the package (or another MNIST ``.npz``, ``--mnist-npz``), or any ImageFolder-layout
+folder with ``train/`` and ``val/`` (``--data-dir``, read with timm's ``create_dataset`` / ``create_loader``).
 
 Output, under ``--out``: ``results.json`` (every per-seed number, rewritten after each finished run, so an
 interrupted comparison keeps what it finished; ``--resume`` skips those), ``results.md`` (the table) and
-``results.png`` (top-1 per seed and mean per variant).
+``results.png`` (final top-1 per seed and mean per variant) and ``curves.png`` (val top-1 per epoch, mean ± std
+over seeds per variant). Runs go ``--jobs`` at a time, each in its own process with ``--threads`` threads (one by
+default on the CPU), so per-seed numbers do not depend on how many run side by side.
 
 Variant names: ``baseline``, or ``tm`` followed by ``-``-separated options that override the model's defaults:
 
@@ -23,6 +25,11 @@ Variant names: ``baseline``, or ``tm`` followed by ``-``-separated options that 
 * ``fixw``: evidence weight frozen at its initial value; ``noguide`` = ``w0`` + ``fixw`` (no label guidance)
 * ``t<float>``: initial temperature, e.g. ``tm-t30``
 * ``max`` / ``lse``: pooling of a class's templates into its evidence
+* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied``: the embedding (``none`` is the control whose blocks
+  change no feature: they only send the labels' gradient through the templates)
+* ``evgrad`` / ``evlogits``: the evidence reaches the logits as gradient only, or is added to them
+* ``ep<int>``: this variant's own epoch count (also ``baseline-ep<int>``: a baseline trained longer, the
+  comparison at equal cost and the check that the baseline has plateaued)
 """
 
 import argparse
@@ -46,7 +53,7 @@ import torch.nn.functional as F
 __all__ = ['Variant', 'parse_variant', 'main', 'summarize']
 
 DATASETS = ('digits', 'cluttered-mnist')
-DEFAULT_VARIANTS = ('baseline', 'tm')
+DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-embtied')
 ABLATION_VARIANTS = ('baseline', 'tm', 'tm-noguide', 'tm-w0', 'tm-fixw', 'tm-m2', 'tm-m4', 'tm-s4')
 # keys of the config that must agree for --resume to reuse finished runs
 _RECIPE_KEYS = (
@@ -66,28 +73,38 @@ _FOLDER_ONLY = ('hflip', 'scale', 'color_jitter', 'auto_augment', 'reprob')
 
 @dataclass(frozen=True)
 class Variant:
-    """A named model configuration: keyword overrides for ``timm.create_model`` and whether w is frozen."""
+    """A named model configuration: keyword overrides for ``timm.create_model``, whether w is frozen, and the
+    variant's own epoch count (``None``: the recipe's)."""
 
     name: str
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     freeze_evidence_weight: bool = False
+    epochs: Optional[int] = None
 
     @property
     def is_baseline(self) -> bool:
         return self.model_kwargs.get('tm_stages', None) == ()
 
 
+_EMBED_TOKENS = {'noembed': 'none', 'embtemplates': 'templates', 'embclasses': 'classes', 'embtied': 'tied'}
+
+
 def parse_variant(name: str) -> Variant:
-    """``'baseline'`` or ``'tm[-option...]'`` (see the module docstring) -> Variant. Raises ValueError."""
-    if name == 'baseline':
-        return Variant(name, {'tm_stages': ()})
+    """``'baseline[-ep<int>]'`` or ``'tm[-option...]'`` (see the module docstring) -> Variant. Raises ValueError."""
     parts = name.split('-')
-    if parts[0] != 'tm':
-        raise ValueError(f"unknown variant {name!r}: expected 'baseline' or 'tm[-option...]' (e.g. tm-m4-s34)")
-    kwargs: Dict[str, Any] = {}
+    if parts[0] not in ('baseline', 'tm'):
+        raise ValueError(f"unknown variant {name!r}: expected 'baseline' or 'tm[-option...]' (e.g. tm-noembed)")
+    kwargs: Dict[str, Any] = {'tm_stages': ()} if parts[0] == 'baseline' else {}
     freeze = False
+    epochs = None
     for tok in parts[1:]:
-        if m := re.fullmatch(r'm(\d+)', tok):
+        if m := re.fullmatch(r'ep(\d+)', tok):
+            if int(m.group(1)) < 1:
+                raise ValueError(f'variant {name!r}: epochs must be >= 1, got {tok!r}')
+            epochs = int(m.group(1))
+        elif parts[0] == 'baseline':
+            raise ValueError(f'unknown option {tok!r} in variant {name!r}: the baseline takes only ep<int>')
+        elif m := re.fullmatch(r'm(\d+)', tok):
             if int(m.group(1)) < 1:
                 raise ValueError(f'variant {name!r}: templates per class must be >= 1, got {tok!r}')
             kwargs['templates_per_class'] = int(m.group(1))
@@ -109,12 +126,16 @@ def parse_variant(name: str) -> Variant:
             freeze = True
         elif tok in ('max', 'lse'):
             kwargs['evidence_pool'] = 'max' if tok == 'max' else 'logsumexp'
+        elif tok in _EMBED_TOKENS:
+            kwargs['embedding'] = _EMBED_TOKENS[tok]
+        elif tok in ('evgrad', 'evlogits'):
+            kwargs['evidence_mode'] = 'gradient' if tok == 'evgrad' else 'logits'
         else:
             raise ValueError(
                 f'unknown option {tok!r} in variant {name!r}: expected m<int>, s<stages>, w<float>, t<float>, '
-                'fixw, noguide, max or lse'
+                f'fixw, noguide, max, lse, {", ".join(_EMBED_TOKENS)}, evgrad, evlogits or ep<int>'
             )
-    return Variant(name, kwargs, freeze)
+    return Variant(name, kwargs, freeze, epochs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,7 +266,7 @@ def load_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data
         images, labels = load_digits_arrays()
         splits = split_arrays(images, labels, val_fraction=0.2, seed=0)
     else:
-        images, labels = load_mnist_npz(args.mnist_npz)
+        images, labels = load_mnist_npz(args.mnist_npz or None)
         # a fixed split and fixed clutter (seed 0): seeds vary the models and the batch order, not the data
         splits = split_arrays(images, labels, val_fraction=0.2, seed=0)
         splits = {
@@ -257,7 +278,20 @@ def load_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data
             'train': _subsample(*splits['train'], args.train_size, 0),
             'val': _subsample(*splits['val'], args.val_size, 0),
         }
+    check_splits(splits['train'][1], splits['val'][1])
     return _array_data(args.dataset, splits, args, seed)
+
+
+def check_splits(train_labels: np.ndarray, val_labels: np.ndarray) -> None:
+    """Refuse a comparison that cannot tell models apart: empty splits, one class, val classes never trained on."""
+    if len(train_labels) == 0 or len(val_labels) == 0:
+        raise ValueError(f'empty split: {len(train_labels)} train and {len(val_labels)} val images')
+    train_classes = set(np.unique(train_labels).tolist())
+    if len(train_classes) < 2:
+        raise ValueError(f'the training split has {len(train_classes)} class: a comparison needs at least 2')
+    unseen = sorted(set(np.unique(val_labels).tolist()) - train_classes)
+    if unseen:
+        raise ValueError(f'val classes {unseen} have no training images: every val class must occur in train')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,13 +349,14 @@ def train_one(
     from timm.scheduler import create_scheduler_v2
 
     t0 = time.time()
+    epochs = variant.epochs or args.epochs
     data = load_data(args, seed, device)
     model = build_model(variant, args, data.num_classes, data.in_chans, seed).to(device)
     optimizer = create_optimizer_v2(
         model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
     )
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
+        optimizer, sched=args.sched, num_epochs=epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
         step_on_epochs=False, updates_per_epoch=data.batches_per_epoch,
     )  # fmt: skip
     mixup = None
@@ -340,7 +375,7 @@ def train_one(
     _seed_everything(seed + 1)
     curve, losses = [], []
     num_updates = 0
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         model.train()
         te, loss_sum, n = time.time(), 0.0, 0
         for x, y in data.train_batches(epoch):
@@ -358,7 +393,7 @@ def train_one(
             scheduler.step_update(num_updates=num_updates)
             loss_sum, n = loss_sum + loss.item(), n + 1
         scheduler.step(epoch + 1)
-        last = epoch + 1 == args.epochs
+        last = epoch + 1 == epochs
         top1 = (
             evaluate(model, data, device, args.amp)
             if last or (args.eval_every and (epoch + 1) % args.eval_every == 0)
@@ -368,7 +403,7 @@ def train_one(
         losses.append(loss_sum / max(n, 1))
         top1_s = f'{top1:6.2f}' if top1 is not None else '     -'
         log(
-            f'  {variant.name:<14} seed {seed}  epoch {epoch + 1:>3}/{args.epochs}  loss {losses[-1]:.4f}  '
+            f'  {variant.name:<14} seed {seed}  epoch {epoch + 1:>3}/{epochs}  loss {losses[-1]:.4f}  '
             f'val top-1 {top1_s}  lr {optimizer.param_groups[0]["lr"]:.2e}  {time.time() - te:5.1f}s'
         )
     tm_blocks = model.tm_blocks()
@@ -385,6 +420,19 @@ def train_one(
         'num_train': data.num_train,
         'num_val': data.num_val,
     }
+
+
+def _train_in_worker(variant: Variant, seed: int, args: argparse.Namespace, device: str, log_path: str) -> Dict:
+    """One run in a worker process (``--jobs`` > 1): its own thread count, its log lines appended to the log."""
+    torch.set_num_threads(max(1, args.threads))
+    with open(log_path, 'a') as f:
+
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+            f.write(msg + '\n')
+            f.flush()
+
+        return train_one(variant, seed, args, torch.device(device), log)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -542,6 +590,126 @@ def write_plot(path: Path, rows: List[Dict], title: str) -> None:
         plt.close(fig)
 
 
+def paired(runs: List[Dict[str, Any]], variant: str, reference: str) -> Optional[Dict[str, Any]]:
+    """The paired per-seed difference ``variant - reference`` on their shared seeds (None if none are shared)."""
+    by = {(r['variant'], r['seed']): r['top1'] for r in runs}
+    seeds = sorted(s for v, s in by if v == variant and (reference, s) in by)
+    if not seeds:
+        return None
+    diffs = [by[(variant, s)] - by[(reference, s)] for s in seeds]
+    mean, std = _mean_std(diffs)
+    return {
+        'variant': variant, 'reference': reference, 'seeds': seeds, 'diffs': diffs, 'mean': mean, 'std': std,
+        'p_value': _paired_p(diffs), 'wins': sum(d > 0 for d in diffs),
+    }  # fmt: skip
+
+
+def verdict(d: Dict[str, Any], alpha: float = 0.05) -> str:
+    """One line in plain words, e.g. 'tm vs baseline: no significant difference (+0.12 points, p = 0.31, ...)'."""
+    p = d['p_value']
+    p_s = 'p n/a' if p is None else f'p = {p:.3f}'
+    n = len(d['diffs'])
+    if p is None or p >= alpha or d['mean'] == 0:
+        what = 'no significant difference'
+    else:
+        what = 'better' if d['mean'] > 0 else 'worse'
+    return (
+        f'{d["variant"]} vs {d["reference"]}: {what} ({d["mean"]:+.2f} ± {d["std"]:.2f} points, paired t-test '
+        f'{p_s}, better on {d["wins"]}/{n} seeds)'
+    )
+
+
+def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
+    """(variant, reference) pairs worth a verdict: every variant against the baseline; a variant with an embedding
+    against its evidence-only twin (the same variant without embedding, e.g. ``tm`` for ``tm-embtied``); a variant
+    against its ``-noguide`` control (the same blocks without label guidance) when they were run."""
+    pairs = [(v, 'baseline') for v in variants if v != 'baseline' and 'baseline' in variants]
+    parsed = {v: parse_variant(v) for v in variants}
+
+    def without(variant: Variant, key: str) -> Tuple:
+        kwargs = {k: v for k, v in variant.model_kwargs.items() if k != key}
+        return tuple(sorted(kwargs.items())), variant.freeze_evidence_weight, variant.epochs
+
+    for a, va in parsed.items():
+        if va.is_baseline:
+            continue
+        if va.model_kwargs.get('embedding', 'none') != 'none':
+            pairs += [(a, b) for b, vb in parsed.items() if b != a and not vb.is_baseline
+                      and vb.model_kwargs.get('embedding', 'none') == 'none'
+                      and without(vb, 'embedding') == without(va, 'embedding')]  # fmt: skip
+        if f'{a}-noguide' in parsed:
+            pairs.append((a, f'{a}-noguide'))
+    return pairs
+
+
+def verdicts(rows: List[Dict[str, Any]], runs: Optional[List[Dict[str, Any]]] = None) -> List[str]:
+    """The verdict lines of a summary (``rows`` from :func:`summarize`, whose runs are rebuilt from them)."""
+    if runs is None:
+        runs = [{'variant': r['variant'], 'seed': s, 'top1': t} for r in rows for s, t in zip(r['seeds'], r['top1'])]
+    lines = []
+    for v, ref in control_pairs([r['variant'] for r in rows]):
+        d = paired(runs, v, ref)
+        if d is not None:
+            lines.append(verdict(d))
+    return lines
+
+
+def mean_curves(runs: List[Dict[str, Any]], variant: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std) of val top-1 per epoch over a variant's seeds, at the epochs every seed evaluated."""
+    curves = [r['top1_per_epoch'] for r in runs if r['variant'] == variant]
+    length = min(len(c) for c in curves)
+    epochs = [e for e in range(length) if all(c[e] is not None for c in curves)]
+    a = np.array([[c[e] for e in epochs] for c in curves], dtype=np.float64)
+    std = a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(len(epochs))
+    return np.array(epochs) + 1, a.mean(axis=0), std
+
+
+def write_curves(path: Path, runs: List[Dict[str, Any]], variants: Sequence[str], title: str) -> None:
+    """Learning curves: val top-1 per epoch, mean ± std over seeds (shaded) per variant, with a zoom on the end."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120)
+    colors = plt.get_cmap('tab10')
+    finals = []
+    for i, v in enumerate(x for x in variants if any(r['variant'] == x for r in runs)):
+        epochs, mean, std = mean_curves(runs, v)
+        if len(epochs) == 0:
+            continue
+        n = sum(r['variant'] == v for r in runs)
+        for ax in axes:
+            ax.plot(epochs, mean, color=colors(i % 10), lw=1.5, marker='.', label=f'{v} (n={n})')
+            ax.fill_between(epochs, mean - std, mean + std, color=colors(i % 10), alpha=0.15, lw=0)
+        finals.append((epochs, mean, std))
+    axes[0].set_title(title, fontsize=9)
+    # the zoom: the last third of the longest run, the y range of the means there
+    last = max(int(e[-1]) for e, _, _ in finals) if finals else 1
+    start = max(1, int(round(last * 2 / 3)))
+    tail = [m[e >= start] for e, m, _ in finals if (e >= start).any()]
+    if tail:
+        lo, hi = min(float(t.min()) for t in tail), max(float(t.max()) for t in tail)
+        pad = max(0.3, 0.25 * (hi - lo))
+        axes[1].set_xlim(start - 0.5, last + 0.5)
+        axes[1].set_ylim(lo - pad, hi + pad)
+    axes[1].set_title(f'epochs {start}-{last} (zoom)', fontsize=9)
+    for ax in axes:
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('val top-1 (%)')
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc='lower right')
+    fig.tight_layout()
+
+    def _w(tmp: str) -> None:
+        fig.savefig(tmp, format='png')
+
+    try:
+        _atomic_write(path, _w, '.png')
+    finally:
+        plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # CLI
 
@@ -624,7 +792,12 @@ def build_parser() -> argparse.ArgumentParser:
     x = p.add_argument_group('run')
     x.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     x.add_argument('--amp', action='store_true', help='bfloat16 autocast')
-    x.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
+    x.add_argument(
+        '--threads', type=int, default=1, help='torch CPU threads of each run (default 1: runs go side by side)'
+    )
+    x.add_argument(
+        '--jobs', type=int, default=None, help='runs at a time, one process each (default: the CPU count; 1 on GPU)'
+    )
     x.add_argument('--eval-every', type=int, default=1, help='evaluate every N epochs (0: only after the last)')
     x.add_argument('--out', default=None, help='results folder (default: results/tmp/<dataset>-<timestamp>)')
     x.add_argument('--resume', action='store_true', help='skip (variant, seed) runs already in --out/results.json')
@@ -645,11 +818,10 @@ def _validate(args: argparse.Namespace, p: argparse.ArgumentParser) -> List[Vari
         args.dataset = 'folder'
     elif args.dataset is None:
         args.dataset = 'cluttered-mnist' if args.mnist_npz else 'digits'
-    if args.dataset == 'cluttered-mnist':
-        if not args.mnist_npz:
-            p.error('--dataset cluttered-mnist needs --mnist-npz PATH (an MNIST .npz with x and y)')
-        if not os.path.isfile(args.mnist_npz):
-            p.error(f'--mnist-npz {args.mnist_npz!r}: file not found')
+    if args.mnist_npz and args.dataset != 'cluttered-mnist':
+        p.error(f'--mnist-npz is for --dataset cluttered-mnist, not {args.dataset}')
+    if args.mnist_npz and not os.path.isfile(args.mnist_npz):
+        p.error(f'--mnist-npz {args.mnist_npz!r}: file not found')
     # absolute paths, so that --resume from another working directory sees the same recipe
     args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else ''
     args.mnist_npz = os.path.abspath(args.mnist_npz) if args.mnist_npz else ''
@@ -666,6 +838,25 @@ def _validate(args: argparse.Namespace, p: argparse.ArgumentParser) -> List[Vari
         p.error(f'--layers needs 4 block counts, got {args.layers}')
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f'--seeds must be distinct, got {args.seeds}')
+    for name, v in (('--threads', args.threads), ('--jobs', args.jobs)):
+        if v is not None and v < 1:
+            p.error(f'{name} must be >= 1, got {v}')
+    for name in ('lr', 'weight_decay', 'momentum', 'min_lr', 'smoothing', 'mixup', 'cutmix'):
+        v = getattr(args, name)
+        if not math.isfinite(v) or v < 0:
+            p.error(f'--{name.replace("_", "-")} must be a finite number >= 0, got {v}')
+    if args.lr <= 0:
+        p.error(f'--lr must be > 0, got {args.lr}')
+    if args.smoothing >= 1:
+        p.error(f'--smoothing must be < 1, got {args.smoothing}')
+    _check_recipe_names(args, p)
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f'--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        p.error(f'--device {args.device}: no CUDA GPU is available here')
     names: List[str] = []
     for v in args.variants:
         for n in ABLATION_VARIANTS if v == 'ablations' else (v,):
@@ -676,7 +867,25 @@ def _validate(args: argparse.Namespace, p: argparse.ArgumentParser) -> List[Vari
     except ValueError as e:
         p.error(f'--variants: {e}')
     args.variants = names
+    try:  # read the data once before anything is written: a bad dataset is refused here
+        load_data(args, args.seeds[0], torch.device('cpu'))
+    except (OSError, ValueError) as e:
+        p.error(f'data: {e}')
     return variants
+
+
+def _check_recipe_names(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """--opt and --sched must name a timm optimizer and scheduler (checked on a throwaway parameter)."""
+    from timm.optim import create_optimizer_v2, list_optimizers
+    from timm.scheduler import create_scheduler_v2
+
+    if args.opt.lower() not in list_optimizers():
+        p.error(f'--opt {args.opt!r} is not a timm optimizer; choose from {", ".join(list_optimizers())}')
+    opt = create_optimizer_v2(nn.Linear(1, 1), opt=args.opt, lr=args.lr)
+    try:
+        create_scheduler_v2(opt, sched=args.sched, num_epochs=max(args.epochs, 2), warmup_epochs=0)
+    except ValueError:
+        p.error(f'--sched {args.sched!r} is not a timm scheduler (e.g. cosine, tanh, step, multistep, poly)')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -685,9 +894,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.channels == []:
         args.channels = None
     variants = _validate(args, p)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.jobs is None:
+        args.jobs = 1 if device.type == 'cuda' else (os.cpu_count() or 1)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
 
@@ -700,7 +910,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if results_path.exists():
         if not args.resume:
             p.error(f'{results_path} exists: pass --resume to continue it, or choose another --out')
-        prev = json.loads(results_path.read_text())
+        try:
+            prev = json.loads(results_path.read_text())
+            if not (isinstance(prev.get('config'), dict) and isinstance(prev.get('runs'), list)):
+                raise ValueError('no "config" object and "runs" list')
+        except (OSError, ValueError, AttributeError) as e:
+            p.error(f'--resume: {results_path} is not a results file of timm-tm compare ({e}); choose another --out')
         changed = [k for k in _RECIPE_KEYS if prev['config'].get(k) != config.get(k)]
         if changed:
             p.error(
@@ -721,20 +936,32 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     done = {(r['variant'], r['seed']) for r in runs}
     todo = [(s, v) for s in args.seeds for v in variants if (v.name, s) not in done]
+    jobs = max(1, min(args.jobs, len(todo)))
     log(
         f'timm-tm compare: {args.dataset}, {args.model} (channels {args.channels or "default"}, layers '
         f'{args.layers or "default"}), {args.img_size}px, {args.epochs} epochs, seeds {args.seeds}, variants '
-        f'{args.variants}, {device}, {torch.get_num_threads()} threads -> {out}'
+        f'{args.variants}, {device}, {jobs} run(s) at a time with {args.threads} thread(s) each -> {out}'
     )
     if done:
         log(f'resuming: {len(done)} finished run(s) kept, {len(todo)} to go')
     t_all = time.time()
+    order = {(v.name, s): i for i, (s, v) in enumerate((s, v) for s in args.seeds for v in variants)}
+
+    def finished(record: Dict[str, Any]) -> None:
+        runs.append(record)
+        runs.sort(key=lambda r: order.get((r['variant'], r['seed']), len(order)))
+        write_json(results_path, {'config': config, 'runs': runs})
+        log(f'{record["variant"]} seed {record["seed"]}: top-1 {record["top1"]:.2f}% ({record["seconds"]:.0f}s)')
+
     try:
-        for seed, variant in todo:
-            record = train_one(variant, seed, args, device, log)
-            runs.append(record)
-            write_json(results_path, {'config': config, 'runs': runs})
-            log(f'{variant.name} seed {seed}: top-1 {record["top1"]:.2f}% ({record["seconds"]:.0f}s)')
+        if jobs == 1:
+            for seed, variant in todo:
+                finished(train_one(variant, seed, args, device, log))
+        else:
+            _run_parallel(todo, jobs, args, device, out / 'log.txt', finished)
+    except (FloatingPointError, RuntimeError, ValueError) as e:
+        log(f'error: {e} (finished runs are kept in {results_path}; rerun with --resume)')
+        return 1
     finally:
         log_file.close()
     rows = summarize([r for r in runs if r['seed'] in args.seeds], args.variants)
@@ -742,6 +969,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_markdown(out / 'results.md', config, rows)
     title = args.title or f'{args.dataset}: {args.model}, {args.epochs} epochs, {len(args.seeds)} seeds'
     write_plot(out / 'results.png', rows, title)
+    write_curves(out / 'curves.png', [r for r in runs if r['seed'] in args.seeds], args.variants, title)
 
     print(f'\n{format_table(rows)}\n')
     for r in rows:
@@ -751,8 +979,35 @@ def main(argv: Optional[List[str]] = None) -> int:
             p_s = '' if r['p_value'] is None else f', paired t-test p = {r["p_value"]:.3f}'
             print(f'{r["variant"]:>14} - baseline: {r["diff_mean"]:+.2f} ± {r["diff_std"]:.2f} points{p_s}')
     print(f'\n{len(todo)} run(s) in {time.time() - t_all:.0f}s; results in {out}/ (results.md, results.png, '
-          'results.json)')  # fmt: skip
+          'curves.png, results.json)')  # fmt: skip
+    for line in verdicts(rows):
+        print(line)
     return 0
+
+
+def _run_parallel(
+    todo: List[Tuple[int, Variant]],
+    jobs: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    log_path: Path,
+    finished: Callable[[Dict[str, Any]], None],
+) -> None:
+    """Run ``todo`` in ``jobs`` worker processes (spawned: no state shared with this one), in order of seeds."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+        pending = {pool.submit(_train_in_worker, v, s, args, str(device), str(log_path)) for s, v in todo}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    finished(fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
 
 
 if __name__ == '__main__':

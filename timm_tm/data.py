@@ -3,7 +3,9 @@
 * ``load_digits_arrays``: scikit-learn's handwritten digits (1,797 images, 8 x 8, 10 classes); installs with
   scikit-learn, so it is the embedded default that needs no download.
 * ``load_mnist_npz`` + ``make_cluttered``: MNIST digits placed at random in a larger canvas among fragments
-  of other digits, a harder task that tells models apart.
+  of other digits, a harder task that tells models apart. ``load_mnist_npz()`` without a path reads the 10,000
+  real MNIST digits that ship with the package (``timm_tm/assets/mnist10k.npz``, 1.6 MB; see
+  ``timm_tm/assets/README.md`` for their source and licence).
 * ``write_image_folder``: writes arrays as an ImageNet-layout folder (``root/<split>/<class>/*.png``) that
   timm's ``create_dataset`` / ``train.py`` read unchanged.
 """
@@ -14,7 +16,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['load_digits_arrays', 'load_mnist_npz', 'make_cluttered', 'split_arrays', 'write_image_folder']
+__all__ = [
+    'load_digits_arrays', 'load_mnist_npz', 'make_cluttered', 'split_arrays', 'write_image_folder', 'PACKAGED_MNIST',
+]  # fmt: skip
+
+PACKAGED_MNIST = Path(__file__).parent / 'assets' / 'mnist10k.npz'
 
 
 def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
@@ -26,17 +32,30 @@ def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
     return images, d.target.astype(np.int64)
 
 
-def load_mnist_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """An ``.npz`` with ``x`` (N x H x W uint8) and ``y`` (N labels), e.g. ``../shared/data/mnist10k.npz``."""
+def load_mnist_npz(path: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """An ``.npz`` with ``x`` (N x H x W uint8) and ``y`` (N integer labels); the packaged MNIST digits by default.
+
+    Raises ValueError (naming the file) for anything else: not an npz, missing arrays, wrong shapes or types.
+    """
+    path = str(PACKAGED_MNIST if path is None else path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'MNIST archive not found: {path}')
-    with np.load(path) as d:
-        if 'x' not in d or 'y' not in d:
-            raise ValueError(f'{path}: expected arrays "x" and "y", found {sorted(d.keys())}')
-        x, y = d['x'], d['y'].astype(np.int64)
-    if x.ndim != 3 or len(x) != len(y):
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if 'x' not in d or 'y' not in d:
+                raise ValueError(f'{path}: expected arrays "x" and "y", found {sorted(d.keys())}')
+            x, y = d['x'], d['y']
+    except ValueError:
+        raise
+    except Exception as e:  # a truncated or foreign file: zipfile / pickle / OS errors
+        raise ValueError(f'{path}: not a readable .npz archive ({type(e).__name__}: {e})') from None
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f'{path}: expected x of shape (N, H, W) and y of shape (N,), got {x.shape} and {y.shape}')
-    return x.astype(np.uint8), y
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ValueError(f'{path}: expected non-negative integer labels y, got dtype {y.dtype}')
+    if x.dtype != np.uint8:
+        raise ValueError(f'{path}: expected uint8 images x (0..255), got dtype {x.dtype}')
+    return x, y.astype(np.int64)
 
 
 def make_cluttered(

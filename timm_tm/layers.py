@@ -11,16 +11,18 @@ stage of any CNN with NCHW features.
 """
 
 import math
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
 
-__all__ = ['TemplateMatching', 'EVIDENCE_POOLS']
+__all__ = ['TemplateMatching', 'EVIDENCE_POOLS', 'EVIDENCE_MODES', 'EMBEDDINGS']
 
 EVIDENCE_POOLS = ('logsumexp', 'max')
+EVIDENCE_MODES = ('gradient', 'logits')
+EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
 
 
 @register_notrace_function  # FX (timm's feature extraction) cannot trace a shape check: keep it a leaf call
@@ -35,6 +37,17 @@ def check_input_shape(x: torch.Tensor, channels: int, owner: str, param: str) ->
 torch.fx.wrap('check_input_shape')  # a leaf wherever it is called from, under any FX tracer
 
 
+@register_notrace_function
+def block_output(x: torch.Tensor) -> torch.Tensor:
+    """Returns ``x`` itself. Under FX it is a leaf call, so a block's output is always a node of the block's own,
+    created last: FX feature extraction takes a module's last node as its output, and a block that returns its input
+    unchanged (``embedding='none'``) would otherwise hand over its class evidence instead."""
+    return x
+
+
+torch.fx.wrap('block_output')
+
+
 class TemplateMatching(nn.Module):
     """Residual template-matching block.
 
@@ -43,9 +56,10 @@ class TemplateMatching(nn.Module):
 
     * ``scores``: B x K x H x W, ``temperature * cos(x[:, :, i, j], template_k)``, bounded by the temperature.
     * ``class_map``: B x N x H x W, the scores pooled over each class's m templates.
-    * ``class_evidence``: B x N, the class map averaged over positions, scaled by ``evidence_weight``;
-      a model adds it to its logits so that the labels reach the templates through any loss on the logits.
-    * ``forward(x)``: B x C x H x W, ``x + embed(relu(norm(scores)))``.
+    * ``class_evidence``: B x N, the class map averaged over positions, scaled by ``evidence_weight``. A model adds
+      it to its logits so that the labels reach the templates through any loss on the logits; with
+      ``evidence_mode='gradient'`` (the default) its value is zero and only its gradient reaches the templates.
+    * ``forward(x)``: B x C x H x W, ``x + embedding`` (see ``embedding``; ``x`` itself for ``'none'``).
     """
 
     def __init__(
@@ -54,8 +68,11 @@ class TemplateMatching(nn.Module):
         num_classes: int,
         templates_per_class: int = 1,
         temperature_init: float = 16.0,
-        evidence_weight_init: float = 1.0,
+        evidence_weight_init: float = 0.3,
         evidence_pool: str = 'logsumexp',
+        evidence_mode: str = 'gradient',
+        embedding: str = 'none',
+        temperature_range: Tuple[float, float] = (4.0, 32.0),
         eps: float = 1e-6,
         norm_layer: type = nn.BatchNorm2d,
         device=None,
@@ -66,30 +83,51 @@ class TemplateMatching(nn.Module):
             channels: Channels C of the feature map this block follows.
             num_classes: Classes N the templates belong to (>= 1).
             templates_per_class: Templates m per class (>= 1).
-            temperature_init: Initial temperature of the cosine scores (learnable, kept positive).
-            evidence_weight_init: Initial weight of the class evidence added to the logits (learnable).
+            temperature_init: Initial temperature of the cosine scores (learnable within ``temperature_range``).
+            evidence_weight_init: Weight of the class evidence in the logits. Learnable with
+                ``evidence_mode='logits'``; with ``'gradient'`` it is a fixed gain of the labels' gradient.
             evidence_pool: How a class's m template scores are pooled per region: 'logsumexp' or 'max'.
+            evidence_mode: 'gradient': the evidence reaches the logits as gradient only (``w * (e - e.detach())``,
+                zero in the forward pass: predictions are the head's, the labels still train the templates);
+                'logits': the evidence is added to the logits.
+            embedding: What the block adds to the features: 'none' (nothing: the block only sends the labels'
+                gradient into the stage), 'templates' (BN + ReLU over the K scores, a zero-initialized 1x1
+                conv K -> C), 'classes' (a per-region softmax over the N classes, one learned, zero-initialized
+                vector per class), 'tied' (a per-region softmax over the K templates, the templates' own
+                directions, a zero-initialized per-channel scale).
+            temperature_range: (min, max) of the temperature: it is clamped to it in the forward pass.
             eps: Smallest feature norm used in the cosine, so an all-zero region scores 0, not NaN.
-            norm_layer: Normalization over the K scores (the 'arg-max' of the paper: BN then ReLU).
+            norm_layer: Normalization over the K scores for ``embedding='templates'``.
         """
         super().__init__()
-        if channels < 1:
-            raise ValueError(f'channels must be >= 1, got {channels}')
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be >= 1 for a TemplateMatching block, got {num_classes}')
-        if templates_per_class < 1:
-            raise ValueError(f'templates_per_class must be >= 1, got {templates_per_class}')
-        if evidence_pool not in EVIDENCE_POOLS:
-            raise ValueError(f'evidence_pool must be one of {EVIDENCE_POOLS}, got {evidence_pool!r}')
-        if temperature_init <= 0:
-            raise ValueError(f'temperature_init must be > 0, got {temperature_init}')
+        _check_int('channels', channels, 1)
+        _check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
+        _check_int('templates_per_class', templates_per_class, 1)
+        _check_choice('evidence_pool', evidence_pool, EVIDENCE_POOLS)
+        _check_choice('evidence_mode', evidence_mode, EVIDENCE_MODES)
+        _check_choice('embedding', embedding, EMBEDDINGS)
+        _check_finite('evidence_weight_init', evidence_weight_init)
+        _check_finite('eps', eps, positive=True)
+        if not (isinstance(temperature_range, (tuple, list)) and len(temperature_range) == 2):
+            raise TypeError(f'temperature_range must be a (min, max) pair, got {temperature_range!r}')
+        t_min, t_max = (_check_finite('temperature_range', t, positive=True) for t in temperature_range)
+        if not t_min <= t_max:
+            raise ValueError(f'temperature_range must be (min, max) with min <= max, got {temperature_range!r}')
+        _check_finite('temperature_init', temperature_init, positive=True)
+        if not t_min <= temperature_init <= t_max:
+            raise ValueError(f'temperature_init must lie in temperature_range {tuple(temperature_range)}, '
+                             f'got {temperature_init}')  # fmt: skip
         dd = {'device': device, 'dtype': dtype}
         self.channels = channels
         self.templates_per_class = templates_per_class
         self.evidence_pool = evidence_pool
+        self.evidence_mode = evidence_mode
+        self.embedding = embedding
         self.eps = eps
-        self.temperature_init = temperature_init
-        self.evidence_weight_init = evidence_weight_init
+        self.temperature_init = float(temperature_init)
+        self.log_temperature_min = math.log(t_min)
+        self.log_temperature_max = math.log(t_max)
+        self.evidence_weight_init = float(evidence_weight_init)
         self._norm_layer = norm_layer
         # log-parameterized so the temperature stays > 0 whatever the optimizer does
         self.log_temperature = nn.Parameter(torch.empty((), **dd))
@@ -105,13 +143,12 @@ class TemplateMatching(nn.Module):
 
     @torch.jit.ignore
     def reset_classes(self, num_classes: int, device=None, dtype=None) -> None:
-        """Rebuild the class-tied parts (templates, score norm, embedding) for ``num_classes`` classes.
+        """Rebuild the class-tied parts (templates, and the embedding's) for ``num_classes`` classes.
 
         The new block is the identity again (zero embedding) and its evidence weight is back at its initial
         value. Device, dtype, training mode and requires_grad follow the existing parameters.
         """
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be >= 1 for a TemplateMatching block, got {num_classes}')
+        _check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
         if device is None or dtype is None:
             device = device or self.log_temperature.device
             dtype = dtype or self.log_temperature.dtype
@@ -121,24 +158,46 @@ class TemplateMatching(nn.Module):
         k = self.num_templates
         # templates as a 1x1 conv weight (K x C x 1 x 1): each kernel is a template
         self.templates = nn.Conv2d(self.channels, k, 1, bias=False, **dd)
-        self.norm = self._norm_layer(k, **dd)
-        self.embed = nn.Conv2d(k, self.channels, 1, bias=False, **dd)
-        if not torch.device(device).type == 'meta':
+        # None where the embedding has no such part (TorchScript prunes the branches of None attributes)
+        self.norm: Optional[nn.Module] = self._norm_layer(k, **dd) if self.embedding == 'templates' else None
+        embed_in = {'templates': k, 'classes': self.num_classes}.get(self.embedding)
+        self.embed: Optional[nn.Module] = nn.Conv2d(embed_in, self.channels, 1, bias=False, **dd) if embed_in else None
+        if self.embedding == 'tied':
+            self.embed_scale = nn.Parameter(torch.empty(self.channels, **dd))
+        else:
+            self.register_parameter('embed_scale', None)
+        meta = torch.device(device).type == 'meta'
+        if not meta:
             nn.init.normal_(self.templates.weight)
             self.zero_init_last()
         if self.evidence_weight.device.type != 'meta':
             self.evidence_weight.data.fill_(self.evidence_weight_init)
-        for m in (self.templates, self.norm, self.embed):
+        for m in self.children():
             m.train(self.training)
-            m.requires_grad_(requires_grad)
+        for p in self.parameters():
+            if p is not self.log_temperature and p is not self.evidence_weight:
+                p.requires_grad_(requires_grad)
 
     def zero_init_last(self) -> None:
         """Zero the embedding so the block is the identity (timm's ResNet calls this from init_weights)."""
-        nn.init.zeros_(self.embed.weight)
+        if self.embed is not None:
+            nn.init.zeros_(self.embed.weight)
+        if self.embed_scale is not None:
+            nn.init.zeros_(self.embed_scale)
+
+    @torch.jit.ignore
+    def identity_state_keys(self) -> List[str]:
+        """State-dict keys (relative to the block) that are zero when the block changes neither the features nor
+        the logits: what converting a ResNet's weights zeroes for an exact start."""
+        keys = [k for k in ('embed.weight', 'embed_scale') if k in self.state_dict()]
+        if self.evidence_mode == 'logits':  # with 'gradient' the evidence is zero in the forward pass anyway
+            keys.append('evidence_weight')
+        return keys
 
     @property
     def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+        """The temperature in use: ``exp(log_temperature)`` clamped to ``temperature_range``."""
+        return self.log_temperature.clamp(self.log_temperature_min, self.log_temperature_max).exp()
 
     def match(self, x: torch.Tensor) -> torch.Tensor:
         """Matching scores, B x K x H x W: temperature * cosine(region, template)."""
@@ -151,7 +210,8 @@ class TemplateMatching(nn.Module):
         # and the conv output already is the score (no pass over, and no saved copy of, the B x K x H x W dots).
         # For fp32 input the final `.to` returns its input as is (no copy).
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(self.eps)
-        scale = self.log_temperature.float().exp() / norm  # B x 1 x H x W
+        log_t = self.log_temperature.float().clamp(self.log_temperature_min, self.log_temperature_max)
+        scale = log_t.exp() / norm  # B x 1 x H x W
         return F.conv2d((x * scale).to(x.dtype), templates)
 
     def pool_classes(self, scores: torch.Tensor) -> torch.Tensor:
@@ -166,6 +226,36 @@ class TemplateMatching(nn.Module):
         # soft maximum; minus log(m) so that m equal scores pool to that score, whatever m
         return torch.logsumexp(grouped.float(), dim=2).sub(math.log(m)).to(scores.dtype)
 
+    def class_evidence(self, scores: torch.Tensor) -> torch.Tensor:
+        """B x K x H x W scores -> B x N weighted class evidence, as it enters the logits.
+
+        With ``evidence_mode='gradient'`` it is ``w * (e - e.detach())``: zero, with e's gradient (w is then a
+        fixed gain: its own gradient, ``e - e.detach()``, is zero).
+        """
+        e = self.pool_classes(scores).mean(dim=(2, 3))
+        if self.evidence_mode == 'gradient':
+            e = e - e.detach()
+        return e * self.evidence_weight.to(e.dtype)
+
+    def embed_regions(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W features and their B x K x H x W scores -> the block's output, B x C x H x W."""
+        embed = self.embed
+        if embed is not None:
+            norm = self.norm
+            if norm is not None:  # 'templates': BN + ReLU, the soft arg-max over templates
+                assignment = F.relu(norm(scores))
+            else:  # 'classes': a soft assignment of each region to the classes
+                assignment = torch.softmax(self.pool_classes(scores).float(), dim=1).to(scores.dtype)
+            return x + embed(assignment)
+        embed_scale = self.embed_scale
+        if embed_scale is not None:  # 'tied': the directions of the templates a region matches
+            assignment = torch.softmax(scores.float(), dim=1).to(x.dtype)
+            weight = self.templates.weight
+            directions = F.normalize(weight.flatten(1), dim=1, eps=self.eps).to(x.dtype)  # K x C
+            v = F.conv2d(assignment, directions.t()[:, :, None, None])
+            return x + v * embed_scale.to(x.dtype).view(1, -1, 1, 1)
+        return x
+
     @torch.jit.export
     def forward_with_evidence(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (B x C x H x W features, B x N weighted class evidence)."""
@@ -177,8 +267,7 @@ class TemplateMatching(nn.Module):
     def forward_class_map(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (B x C x H x W features, B x N x H x W per-region class map, unweighted)."""
         scores = self.match(x)
-        y = x + self.embed(F.relu(self.norm(scores)))
-        return y, self.pool_classes(scores)
+        return self.embed_regions(x, scores), self.pool_classes(scores)
 
     def forward(self, x: torch.Tensor, evidence: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         """B x C x H x W -> B x C x H x W; appends the B x N weighted class evidence to ``evidence`` when given.
@@ -188,12 +277,34 @@ class TemplateMatching(nn.Module):
         """
         scores = self.match(x)
         if evidence is not None:
-            e = self.pool_classes(scores).mean(dim=(2, 3))
-            evidence.append(e * self.evidence_weight.to(e.dtype))
-        return x + self.embed(F.relu(self.norm(scores)))
+            evidence.append(self.class_evidence(scores))
+        return block_output(self.embed_regions(x, scores))
 
     def extra_repr(self) -> str:
         return (
             f'channels={self.channels}, num_classes={self.num_classes}, '
-            f'templates_per_class={self.templates_per_class}, evidence_pool={self.evidence_pool!r}'
+            f'templates_per_class={self.templates_per_class}, evidence_pool={self.evidence_pool!r}, '
+            f'evidence_mode={self.evidence_mode!r}, embedding={self.embedding!r}'
         )
+
+
+def _check_int(name: str, value: Any, minimum: int, where: str = '') -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'{name} must be an integer >= {minimum}{where}, got {value!r}')
+    if value < minimum:
+        raise ValueError(f'{name} must be >= {minimum}{where}, got {value}')
+    return value
+
+
+def _check_finite(name: str, value: Any, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'{name} must be a number, got {value!r}')
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f'{name} must be a finite number{" > 0" if positive else ""}, got {value}')
+    return float(value)
+
+
+def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {choices}, got {value!r}')
+    return value

@@ -5,7 +5,10 @@ timm's ``ResNet`` with a :class:`~timm_tm.layers.TemplateMatching` block appende
 
     logits = fc(pool(features)) + sum over TM blocks b of evidence_weight_b * class_evidence_b
 
-so that any loss on the logits (as timm's train.py computes it) guides the templates with the labels.
+so that any loss on the logits (as timm's train.py computes it) guides the templates with the labels. By default
+(``evidence_mode='gradient'``) each evidence term is ``w * (e - e.detach())``: zero in the forward pass (the
+predictions are the head's) with the labels' gradient into the templates, a deep supervision of the stages that
+survives an unmodified train.py. Why: docs/DESIGN.md.
 
 With every TM embedding and evidence weight at zero the model computes exactly what timm's ``resnetX``
 computes with the same weights: :func:`convert_resnet_state_dict` and the pretrained tags built on timm's
@@ -65,8 +68,10 @@ class TemplateMatchingResNet(ResNet):
         templates_per_class: int = 1,
         template_classes: Optional[int] = None,
         temperature_init: float = 16.0,
-        evidence_weight_init: float = 1.0,
+        evidence_weight_init: float = 0.3,
         evidence_pool: str = 'logsumexp',
+        evidence_mode: str = 'gradient',
+        embedding: str = 'none',
         small_stem: bool = False,
         device=None,
         dtype=None,
@@ -80,18 +85,44 @@ class TemplateMatchingResNet(ResNet):
             template_classes: Classes the templates belong to when ``num_classes=0`` (an embedding model
                 keeps the templates it was trained with); must equal ``num_classes`` otherwise.
             temperature_init: Initial cosine temperature of the TM blocks.
-            evidence_weight_init: Initial weight of each TM block's class evidence in the logits.
+            evidence_weight_init: Weight of each TM block's class evidence in the logits (the gain of the labels'
+                gradient with ``evidence_mode='gradient'``).
             evidence_pool: Pooling of a class's templates: 'logsumexp' or 'max'.
+            evidence_mode: 'gradient' (the evidence reaches the logits as gradient only: predictions are the
+                head's) or 'logits' (the evidence is added to the logits); see :class:`TemplateMatching`.
+            embedding: What each TM block adds to the features: 'none', 'templates', 'classes' or 'tied'.
             small_stem: A 3x3 stride-1 stem conv and no max-pool (output stride 8) for 32-64 px images.
         """
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+
+        # Checked before anything is built, each error naming its parameter: a wrong type would otherwise fail deep
+        # in torch (or be truncated, 2.5 templates per class), a non-finite init would give a model of NaN outputs.
+        # The TM options not named here reach TemplateMatching as they are, which checks its own.
+        def check_int(name: str, value: Any, minimum: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f'{name} must be an integer >= {minimum}, got {value!r}')
+            if value < minimum:
+                raise ValueError(f'{name} must be >= {minimum}, got {value}')
+
+        def check_finite(name: str, value: Any, positive: bool = False) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f'{name} must be a number, got {value!r}')
+            if not -float('inf') < value < float('inf') or (positive and value <= 0):  # NaN fails the comparison
+                raise ValueError(f'{name} must be a finite number{" > 0" if positive else ""}, got {value}')
+
+        check_int('num_classes', num_classes, 0)
+        check_int('templates_per_class', templates_per_class, 1)
+        if template_classes is not None:
+            check_int('template_classes', template_classes, 1)
+        check_finite('temperature_init', temperature_init, positive=True)
+        check_finite('evidence_weight_init', evidence_weight_init)
+        if isinstance(tm_stages, str) or not isinstance(tm_stages, Sequence):
+            raise TypeError(f'tm_stages must be a sequence of stages from {_STAGES} (e.g. (3, 4)), got {tm_stages!r}')
         tm_stages = tuple(tm_stages)
+        if any(isinstance(s, bool) or not isinstance(s, int) for s in tm_stages):  # 3.0 == 3 would pass below
+            raise TypeError(f'tm_stages must be integer stages from {_STAGES}, got {tm_stages!r}')
         bad = [s for s in tm_stages if s not in _STAGES]
         if bad or len(set(tm_stages)) != len(tm_stages):
             raise ValueError(f'tm_stages must be distinct stages from {_STAGES}, got {tm_stages}')
-        if templates_per_class < 1:
-            raise ValueError(f'templates_per_class must be >= 1, got {templates_per_class}')
         if num_classes > 0 and template_classes not in (None, num_classes):
             raise ValueError(
                 f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
@@ -122,6 +153,8 @@ class TemplateMatchingResNet(ResNet):
                     temperature_init=temperature_init,
                     evidence_weight_init=evidence_weight_init,
                     evidence_pool=evidence_pool,
+                    evidence_mode=evidence_mode,
+                    embedding=embedding,
                     device=device,
                     dtype=dtype,
                 )
@@ -216,8 +249,10 @@ class TemplateMatchingResNet(ResNet):
     ) -> torch.Tensor:
         """B x C x h x w features -> B x num_classes logits (plus ``class_evidence``, B x N, when given).
 
-        ``model(x)`` equals ``forward_head(*forward_features_with_evidence(x))``; without ``class_evidence``
-        the logits are the linear head's alone.
+        With ``features, evidence = model.forward_features_with_evidence(x)``, ``model(x)`` equals
+        ``model.forward_head(features, class_evidence=evidence)``. Without ``class_evidence`` the logits are the
+        linear head's alone: the same values as ``model(x)`` in the default ``evidence_mode='gradient'`` (the evidence
+        is zero in the forward pass), without the labels' path into the templates.
         """
         x = self.global_pool(x)
         if self.drop_rate:
@@ -323,47 +358,127 @@ def _state_dict_errors(
 def convert_resnet_state_dict(
     state_dict: Dict[str, torch.Tensor],
     model: TemplateMatchingResNet,
+    new_head: bool = False,
+    source: str = 'the checkpoint',
 ) -> Dict[str, torch.Tensor]:
     """A timm ResNet (or tm_resnet) state_dict in, a state_dict for ``model`` out.
 
-    TM entries missing from ``state_dict``, or shaped for another class count / templates per class, are
-    taken from ``model``'s own (fresh) TM blocks. When the source has no TM blocks at all and its head
-    fits ``model`` (same class count), the embeddings and evidence weights are zeroed: ``model`` then
-    computes exactly what the source ResNet computes. Non-TM entries pass through unchanged, so a wrong
-    model is still reported by ``load_state_dict``.
+    A ResNet's (no TM entries) gets ``model``'s own fresh TM blocks; when its head fits ``model`` (same class count,
+    or ``num_classes=0``) they are set to the identity: ``model`` then computes exactly what the ResNet computes.
+    A tm_resnet's must have ``model``'s TM configuration (stages, templates per class, TM options), else a
+    RuntimeError names what differs. Only another class count is adapted (a fine-tuning start): the class-tied TM
+    entries, and the head with ``new_head``, are taken from ``model``'s fresh ones, with a warning naming them.
+    Other entries pass through unchanged, so a wrong backbone is still reported by ``load_state_dict``.
+
+    Args:
+        state_dict: The checkpoint's state_dict (or a dict holding it under 'state_dict').
+        model: The model it is for.
+        new_head: Re-initialize a head shaped for another class count too (timm's pretrained loader).
+        source: How the error and the warning name the checkpoint (e.g. with its file).
     """
     if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
         state_dict = state_dict['state_dict']
     model_sd = model.state_dict()
+    blocks = model.tm_blocks()
     tm_keys = _tm_keys(model)
-    source_has_tm = any(k.endswith('.templates.weight') for k in state_dict)
+    # every TM block has a templates conv: the checkpoint's blocks are found by it
+    source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
     source_fc = state_dict.get('fc.weight')
-    same_head = source_fc is not None and model.num_classes > 0 and source_fc.shape[0] == model.num_classes
-    exact = not source_has_tm and (same_head or model.num_classes == 0)
+    source_classes = source_fc.shape[0] if isinstance(source_fc, torch.Tensor) and source_fc.dim() == 2 else None
+    # the classes the templates belong to (template_classes for an embedding model)
+    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
+    subject = source[:1].upper() + source[1:]  # sentence case
 
+    # A TM checkpoint of another TM configuration is refused: filling the blocks it lacks with fresh ones, or
+    # templates of another count per class with fresh ones, would load "fine" and predict otherwise.
+    problems = []
+    if source_tm and source_tm != sorted(blocks):
+        stage_of = {f'layer{s}': s for s in _STAGES}
+        stages = tuple(stage_of.get(name.split('.')[0], 0) for name in source_tm)
+        where = f"its TM blocks are {', '.join(source_tm)}, this model's {', '.join(sorted(blocks)) or 'none'}"
+        if 0 not in stages and stages != model.tm_stages:
+            problems.append(f'{where}: create the model with tm_stages={stages}')
+        else:  # the same stages at other positions: another depth
+            problems.append(f'{where}: create the model (architecture) that the checkpoint was made with')
+    for name in [n for n in source_tm if n in blocks]:
+        # num_batches_tracked: older checkpoints lack it, and BatchNorm loads them without it
+        own = {k for k in model_sd if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
+        theirs = {k for k in state_dict if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
+        if own != theirs:
+            problems.append(
+                f'its TM block {name} has the entries {sorted(theirs - own)} and lacks {sorted(own - theirs)}: '
+                'create the model with the TM options (e.g. embedding) that the checkpoint was made with'
+            )
+            break
+    for name in [n for n in source_tm if n in blocks]:
+        count, block = state_dict[f'{name}.templates.weight'].shape[0], blocks[name]
+        if source_classes is None:  # no head: its class count is unknown, so its template count must be this one
+            if count != block.num_templates:
+                problems.append(
+                    f'it has no head (fc.weight) and {count} templates in {name}, this model {block.num_templates} '
+                    f'({block.num_classes} classes x {block.templates_per_class} per class): create the model with '
+                    "num_classes=0 and the checkpoint's template_classes and templates_per_class"
+                )
+                break
+        elif count % source_classes:
+            problems.append(
+                f'its {count} templates in {name} are no whole number per class of its {source_classes} classes '
+                '(fc.weight): it is not a tm_resnet checkpoint'
+            )
+            break
+        elif count // source_classes != block.templates_per_class:
+            per_class = count // source_classes
+            problems.append(
+                f'it has {per_class} templates per class ({count} for its {source_classes} classes in {name}), '
+                f'this model {block.templates_per_class}: create the model with templates_per_class={per_class}'
+            )
+            break
+    if problems:
+        raise RuntimeError(
+            f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
+        )
+
+    class_change = source_classes is not None and model_classes > 0 and source_classes != model_classes
+    same_head = source_classes is not None and model.num_classes > 0 and source_classes == model.num_classes
+    exact = not source_tm and (same_head or model.num_classes == 0)
+
+    identity_keys = {f'{name}.{k}' for name, tm in model.tm_blocks().items() for k in tm.identity_state_keys()}
     out = dict(state_dict)
     refreshed = []
     for k in tm_keys:
         src = state_dict.get(k)
-        if src is not None and src.shape == model_sd[k].shape:
-            continue
+        if src is not None and (src.shape == model_sd[k].shape or not class_change):
+            continue  # a mis-shaped entry with the same class count is load_state_dict's to report
         v = model_sd[k].detach().clone()
-        if exact and (k.endswith('.embed.weight') or k.endswith('.evidence_weight')):
+        if exact and k in identity_keys:
             v.zero_()
         out[k] = v
         if src is not None:
             refreshed.append(k)
+    if new_head and class_change and model.num_classes > 0:
+        for k in ('fc.weight', 'fc.bias'):
+            if k in state_dict and state_dict[k].shape != model_sd[k].shape:
+                out[k] = model_sd[k].detach().clone()
+                refreshed.append(k)
     if refreshed:
         _logger.warning(
-            'TM entries shaped for another class count or templates_per_class were re-initialized: '
-            + ', '.join(refreshed)
+            f'{subject} is for {source_classes} classes, this model for {model_classes}: its class-tied entries '
+            'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
         )
     return out
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: loads ResNet or tm_resnet weights (see convert_resnet_state_dict)."""
-    return convert_resnet_state_dict(state_dict, model)
+    """timm ``pretrained_filter_fn``: loads ResNet or tm_resnet weights (see convert_resnet_state_dict).
+
+    Another class count re-initializes the head too, whether or not timm's loader then drops it (it does when the
+    model's num_classes differs from the pretrained cfg's). Errors and warnings name the weights' file or Hub repo.
+    """
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    where = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url')
+    return convert_resnet_state_dict(
+        state_dict, model, new_head=True, source=f'the checkpoint {where}' if where else 'the checkpoint'
+    )
 
 
 def _create_tm_resnet(variant: str, pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
@@ -373,7 +488,7 @@ def _create_tm_resnet(variant: str, pretrained: bool = False, **kwargs) -> Templ
     kwargs = dict(TM_ARCHS[variant], **kwargs)
 
     num_classes = kwargs.get('num_classes')
-    if num_classes is not None and num_classes < 0:
+    if isinstance(num_classes, int) and num_classes < 0:  # another type: the model's own check names it
         raise ValueError(f'num_classes must be >= 0, got {num_classes}')
     if num_classes == 0 or kwargs.get('features_only', False):
         # an embedding / feature model keeps the templates its weights were trained with: size them from the
