@@ -632,3 +632,19 @@ def test_every_publishable_model_has_a_card_template_that_renders():
             assert section in card, (name, section)
     with pytest.raises(ValueError, match=r'x\.md: no value for placeholder\(s\) \$\{typo\}'):
         render_card(fields, 'a ${typo} b', source='x.md')
+
+
+def test_card_refuses_names_that_would_break_out_of_its_snippets():
+    """Whoever calls render_card, a repo id or name with a quote cannot turn the card's example into other code."""
+    from timm_tm.model_card import CARD_FIELDS, render_card
+
+    fields = {k: 'x' for k in CARD_FIELDS if k not in ('usage', 'citation')}
+    fields.update(repo_id='org/name', model_name='tm_resnet18_small.x')
+    assert "timm.create_model('hf-hub:org/name', pretrained=True)" in render_card(fields)
+    for key, value in [
+        ('repo_id', "org/x', pretrained=True); __import__('os').system('id'); ('"),
+        ('repo_id', 'org/x\n```\n'),
+        ('model_name', 'tm_resnet18_small.x" onload="'),
+    ]:
+        with pytest.raises(ValueError, match=f'card.md: {key} .* cannot go into the code snippets'):
+            render_card({**fields, key: value}, source='card.md')

@@ -211,6 +211,10 @@ ${citation}
 """
 
 _PLACEHOLDER = re.compile(r'\$\{(\w+)\}|\$(\w+)')
+# fields pasted inside the snippets' Python string literals (and the front matter): a quote, backslash, backtick or
+# any white space would end the literal and let the rest run as code in a reader's session
+_CODE_FIELDS = ('repo_id', 'model_name', 'architecture')
+_UNSAFE_IN_CODE = re.compile(r'[\'"\\`\s]')
 
 
 def _candidate_dirs() -> List[Path]:
@@ -235,10 +239,14 @@ def render_card(fields: Dict[str, str], template: Optional[str] = None, source: 
     """``template`` (default: ``DEFAULT_CARD``) with every ``${field}`` filled; ``usage``/``citation`` added here.
 
     Raises ``ValueError`` naming ``source`` and the placeholders that have no value, so a typo in a template fails
-    the export instead of publishing a card with a hole in it.
+    the export instead of publishing a card with a hole in it, and for a ``repo_id`` / ``model_name`` /
+    ``architecture`` that would break out of the snippets' string literals.
     """
     template = DEFAULT_CARD if template is None else template
     values = dict(fields)
+    for key in _CODE_FIELDS:
+        if key in values and _UNSAFE_IN_CODE.search(str(values[key])):
+            raise ValueError(f'{source}: {key} {values[key]!r} cannot go into the code snippets (quote or space)')
     values.setdefault('usage', string.Template(USAGE).substitute(values))
     values.setdefault('citation', CITATION)
     used = {a or b for a, b in _PLACEHOLDER.findall(template)}
