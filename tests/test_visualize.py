@@ -20,8 +20,8 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def _small_model(num_classes: int = 10) -> torch.nn.Module:
-    return timm.create_model('tm_resnet18_small', num_classes=num_classes, **SMALL_KWARGS)
+def _small_model(num_classes: int = 10, **kwargs) -> torch.nn.Module:
+    return timm.create_model('tm_resnet18_small', num_classes=num_classes, **SMALL_KWARGS, **kwargs)
 
 
 def _to_input(digits: np.ndarray) -> torch.Tensor:
@@ -81,8 +81,9 @@ def _write_digits(folder, digits, labels):
 # API
 
 
-def test_class_maps_shapes_and_model_output_unchanged():
-    model = _small_model(num_classes=7)
+@pytest.mark.parametrize('mode', ['gradient', 'logits'])
+def test_class_maps_shapes_and_model_output_unchanged(mode):
+    model = _small_model(num_classes=7, evidence_mode=mode)
     x = torch.randn(2, 3, 32, 32)
     model.train()
     model.layer2.eval()  # a mixed mode must come back as it was

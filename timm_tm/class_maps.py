@@ -6,7 +6,8 @@
 * ``class_map``: B x N x H x W, ``block.pool_classes(block.match(x))``: how well each region matches each class;
 * ``best_class``: B x H x W, the best-matching class of each region (argmax over N);
 * ``class_evidence``: B x N, the class map averaged over regions (unweighted; the model adds
-  ``evidence_weight * class_evidence`` to its logits).
+  ``evidence_weight * class_evidence`` to its logits with ``evidence_mode='logits'``, and only its gradient with the
+  default ``'gradient'``).
 
 It works for any model with TM blocks (the ``tm_*`` family, or any timm model a block was added to) and leaves
 the model's outputs unchanged: each block's ``match`` is wrapped for the duration of one forward pass, so the
@@ -34,10 +35,14 @@ class BlockClassMap:
     best_class: torch.Tensor  # B x H x W (int64) best-matching class of each region
     class_evidence: torch.Tensor  # B x N class map averaged over regions, before the evidence weight
     evidence_weight: float  # the block's weight of class_evidence in the logits
+    evidence_mode: str = 'logits'  # 'gradient': the logits receive only the evidence's gradient
 
     @property
     def weighted_evidence(self) -> torch.Tensor:
-        """B x N: what the block adds to the logits (``evidence_weight * class_evidence``)."""
+        """B x N: what the block adds to the logits' values (``evidence_weight * class_evidence``; zero in
+        ``'gradient'`` mode)."""
+        if self.evidence_mode == 'gradient':
+            return torch.zeros_like(self.class_evidence)
         return self.class_evidence * self.evidence_weight
 
     def __getitem__(self, index: Any) -> 'BlockClassMap':
@@ -45,8 +50,9 @@ class BlockClassMap:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         return BlockClassMap(
-            self.class_map[index], self.best_class[index], self.class_evidence[index], self.evidence_weight
-        )
+            self.class_map[index], self.best_class[index], self.class_evidence[index], self.evidence_weight,
+            self.evidence_mode,
+        )  # fmt: skip
 
 
 def find_tm_blocks(model: nn.Module) -> Dict[str, TemplateMatching]:
@@ -121,6 +127,7 @@ def compute_class_maps_and_output(
             best_class=class_map.argmax(dim=1),
             class_evidence=evidence,
             evidence_weight=float(block.evidence_weight.detach()),
+            evidence_mode=block.evidence_mode,
         )
     return output, maps
 

@@ -684,9 +684,9 @@ def write_curves(path: Path, runs: List[Dict[str, Any]], variants: Sequence[str]
             ax.fill_between(epochs, mean - std, mean + std, color=colors(i % 10), alpha=0.15, lw=0)
         finals.append((epochs, mean, std))
     axes[0].set_title(title, fontsize=9)
-    # the zoom: the last third of the longest run, the y range of the means there
+    # the zoom: from two thirds of the shortest run to the end of the longest, the y range of the means there
     last = max(int(e[-1]) for e, _, _ in finals) if finals else 1
-    start = max(1, int(round(last * 2 / 3)))
+    start = max(1, int(round(min(int(e[-1]) for e, _, _ in finals) * 2 / 3))) if finals else 1
     tail = [m[e >= start] for e, m, _ in finals if (e >= start).any()]
     if tail:
         lo, hi = min(float(t.min()) for t in tail), max(float(t.max()) for t in tail)
