@@ -565,3 +565,21 @@ def test_empty_batch(train):
     assert out.shape == (0, 10)
     model.reset_classifier(0)
     assert model(x).shape == (0, 512)
+
+
+def test_checkpoint_of_another_embedding_is_refused_naming_it(tmp_path):
+    """A tm checkpoint made with another embedding is refused, nothing loaded, on both load paths."""
+    import safetensors.torch
+
+    source = timm.create_model('tm_resnet18_small', num_classes=10, embedding='tied')
+    path = tmp_path / 'tied.safetensors'
+    safetensors.torch.save_file(source.state_dict(), str(path))
+    with pytest.raises(RuntimeError, match="embedding='none'"):
+        timm.create_model(
+            'tm_resnet18_small', num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+        )
+    model = timm.create_model('tm_resnet18_small', num_classes=10)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match=r'Unexpected TM \(template-matching block\) key\(s\).*embed_scale'):
+        model.load_state_dict(source.state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

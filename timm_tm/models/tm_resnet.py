@@ -27,7 +27,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from timm_tm.layers import TemplateMatching, check_input_shape
+from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_input_shape
 from timm_tm.weights import prepare_pretrained, tm_weight_cfgs
 
 __all__ = ['TemplateMatchingResNet', 'convert_resnet_state_dict', 'checkpoint_filter_fn', 'TM_ARCHS']
@@ -317,7 +317,7 @@ def _state_dict_errors(
     # TM blocks of the checkpoint: every block has a templates conv
     source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
     tm_prefixes = [f'{p}.' for p in model_tm + source_tm]
-    tm_leaves = set(TemplateMatching(1, 1).state_dict())
+    tm_leaves = {k for e in EMBEDDINGS for k in TemplateMatching(1, 1, embedding=e).state_dict()}
 
     def is_tm(key: str) -> bool:
         return any(key.startswith(p) and key[len(p) :] in tm_leaves for p in tm_prefixes)
@@ -406,8 +406,12 @@ def convert_resnet_state_dict(
         theirs = {k for k in state_dict if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
         if own != theirs:
             problems.append(
-                f'its TM block {name} has the entries {sorted(theirs - own)} and lacks {sorted(own - theirs)}: '
-                'create the model with the TM options (e.g. embedding) that the checkpoint was made with'
+                f'its TM block {name} '
+                + ' and '.join(
+                    f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
+                )
+                + ' (another embedding?): create the model with the TM options (e.g. embedding) that the checkpoint '
+                f'was made with; this model has embedding={blocks[name].embedding!r}'
             )
             break
     for name in [n for n in source_tm if n in blocks]:
