@@ -552,6 +552,21 @@ def write_markdown(path: Path, config: Dict[str, Any], rows: List[Dict], referen
     _atomic_write(path, _w, '.md')
 
 
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+
+    def _w(tmp: str) -> None:
+        fig.savefig(tmp, format='png')
+
+    try:
+        _atomic_write(path, _w, '.png')
+    finally:
+        plt.close(fig)
+
+
 def write_plot(path: Path, rows: List[Dict], title: str) -> None:
     """Top-1 per seed (dots) and mean ± std (bar and line) per variant."""
     import matplotlib
@@ -579,15 +594,7 @@ def write_plot(path: Path, rows: List[Dict], title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(axis='y', alpha=0.3)
     ax.legend(fontsize=7, loc='best')
-    fig.tight_layout()
-
-    def _w(tmp: str) -> None:
-        fig.savefig(tmp, format='png')
-
-    try:
-        _atomic_write(path, _w, '.png')
-    finally:
-        plt.close(fig)
+    _save_figure(fig, path)
 
 
 def paired(runs: List[Dict[str, Any]], variant: str, reference: str) -> Optional[Dict[str, Any]]:
@@ -699,15 +706,7 @@ def write_curves(path: Path, runs: List[Dict[str, Any]], variants: Sequence[str]
         ax.set_ylabel('val top-1 (%)')
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc='lower right')
-    fig.tight_layout()
-
-    def _w(tmp: str) -> None:
-        fig.savefig(tmp, format='png')
-
-    try:
-        _atomic_write(path, _w, '.png')
-    finally:
-        plt.close(fig)
+    _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
