@@ -1,4 +1,4 @@
-"""Shared fixtures. Real data lives in ../shared/data (see its README); tests that need it skip without it."""
+"""Shared fixtures. Real MNIST digits ship with the package (timm_tm/assets); TIMM_TM_MNIST points elsewhere."""
 
 import os
 from pathlib import Path
@@ -10,7 +10,7 @@ import torch
 import timm_tm  # noqa: F401  (registers tm_* before any test module builds a model)
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_NPZ = Path(os.environ.get('TIMM_TM_MNIST', ROOT.parent / 'shared' / 'data' / 'mnist10k.npz'))
+MNIST_NPZ = Path(os.environ.get('TIMM_TM_MNIST', ROOT / 'timm_tm' / 'assets' / 'mnist10k.npz'))
 
 
 def randomize_tm_embeddings(model: torch.nn.Module, std: float = 0.1) -> torch.nn.Module:
@@ -55,7 +55,7 @@ def one_thread():
 
 @pytest.fixture(scope='session')
 def mnist_arrays():
-    """(10000 x 28 x 28 uint8, labels) real MNIST digits from ../shared/data."""
+    """(10000 x 28 x 28 uint8, labels) real MNIST digits (the packaged copy)."""
     if not MNIST_NPZ.is_file():
         pytest.skip(f'real MNIST data not found at {MNIST_NPZ}')
     from timm_tm.data import load_mnist_npz

@@ -54,6 +54,8 @@ def test_wheel_contents(dists):
     names = zipfile.ZipFile(wheel).namelist()
     for module in ('timm_tm/__init__.py', 'timm_tm/layers.py', 'timm_tm/models/tm_resnet.py', 'timm_tm/cli.py'):
         assert module in names
+    # the MNIST digits the cluttered-MNIST comparison needs, with their source and licence
+    assert 'timm_tm/assets/mnist10k.npz' in names and 'timm_tm/assets/README.md' in names
     assert not [n for n in names if n.startswith('tests/')]
     dist_info = {n.split('/', 1)[1] for n in names if '.dist-info/' in n}
     assert 'entry_points.txt' in dist_info and any(n.startswith('licenses/LICENSE') for n in dist_info)
@@ -91,7 +93,10 @@ def test_installs_into_fresh_venv(kind, dists, tmp_path):
         + [wheel if kind == 'wheel' else sdist]
     )
     cwd = tmp_path  # not the source tree: `import timm_tm` must find the installed copy
-    code = 'import timm, timm_tm; print(timm_tm.__file__); print(timm.list_models("tm_*"))'
+    code = (
+        'import timm, timm_tm; from timm_tm.data import load_mnist_npz; assert load_mnist_npz()[0].shape[0] == 10000; '
+        'print(timm_tm.__file__); print(timm.list_models("tm_*"))'
+    )
     out = _run([python, '-c', code], cwd=cwd).stdout
     where, listed = out.splitlines()[-2:]
     assert Path(where).resolve().is_relative_to((tmp_path / 'venv').resolve()), where
