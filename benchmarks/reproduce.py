@@ -64,9 +64,9 @@ PRESETS: Dict[str, List[str]] = {
     'cluttered-mnist-24ep': _with_option(_CLUTTERED, '--epochs', ['24']) + [
         '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline', 'tm-noembed', 'tm-embtied',
     ],
-    # (paired with the 24-epoch baseline of the same seeds in cluttered-mnist-24ep)
+    # (paired with the 24-epoch runs of the same seeds in cluttered-mnist-24ep)
     'cluttered-mnist-48ep': _with_option(_CLUTTERED, '--epochs', ['24']) + [
-        '--seeds', '0', '1', '2', '3', '--variants', 'baseline-ep48',
+        '--seeds', '0', '1', '2', '3', '--variants', 'baseline-ep48', 'tm-noembed-ep48',
     ],
     # the confirmation on fresh seeds 5-9 of the design chosen on seeds 0-4
     'cluttered-mnist-confirm': _CLUTTERED + [

@@ -59,6 +59,7 @@ def test_end_to_end_numbers_match_what_was_printed(tmp_path, capsys):
         assert line, printed
         assert f'{sum(d) / 2:+.2f} ± ' in line.group(1)
         assert line.group(1).startswith(('no significant difference', 'better', 'worse'))
+        assert f'- {variant} vs {reference}: {line.group(1)}' in md  # the same verdicts in results.md
 
 
 def test_parallel_runs_give_the_serial_numbers(tmp_path):

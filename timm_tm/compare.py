@@ -531,7 +531,9 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, _w, '.json')
 
 
-def write_markdown(path: Path, config: Dict[str, Any], rows: List[Dict], reference: str = 'baseline') -> None:
+def write_markdown(
+    path: Path, config: Dict[str, Any], rows: List[Dict], reference: str = 'baseline', verdict_lines: Sequence[str] = ()
+) -> None:
     # leave out the options that do not apply to this kind of dataset
     skip = {'canvas'} if config['dataset'] != 'cluttered-mnist' else set()
     skip |= {'shift'} if config['dataset'] == 'folder' else set(_FOLDER_ONLY)
@@ -543,7 +545,9 @@ def write_markdown(path: Path, config: Dict[str, Any], rows: List[Dict], referen
         f'Top-1 on the val split after the last epoch; seeds {config["seeds"]}. Δ is the paired per-seed difference '
         f'to `{reference}` (same initial backbone weights and batch order).\n\n'
         f'{format_table(rows, reference)}\n\n'
-        f'Recipe: {recipe}\n\nCommand: `{config["command"]}`\n'
+        + ''.join(f'- {line}\n' for line in verdict_lines)
+        + ('\n' if verdict_lines else '')
+        + f'Recipe: {recipe}\n\nCommand: `{config["command"]}`\n'
     )
 
     def _w(tmp: str) -> None:
@@ -627,11 +631,16 @@ def verdict(d: Dict[str, Any], alpha: float = 0.05) -> str:
 
 
 def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
-    """(variant, reference) pairs worth a verdict: every variant against the baseline; a variant with an embedding
+    """(variant, reference) pairs worth a verdict: every variant against the baseline (of its own epoch count, for
+    an ``-ep<E>`` variant, when there is one); a variant with an embedding
     against its evidence-only twin (the same variant without embedding, e.g. ``tm`` for ``tm-embtied``); a variant
     against its ``-noguide`` control (the same blocks without label guidance) when they were run."""
-    pairs = [(v, 'baseline') for v in variants if v != 'baseline' and 'baseline' in variants]
     parsed = {v: parse_variant(v) for v in variants}
+    pairs = []
+    for v, pv in parsed.items():  # against the baseline trained as long (``baseline-ep<E>`` for ``-ep<E>`` variants)
+        reference = 'baseline' if pv.epochs is None or pv.is_baseline else f'baseline-ep{pv.epochs}'
+        if v != reference and reference in parsed:
+            pairs.append((v, reference))
 
     def without(variant: Variant, key: str) -> Tuple:
         kwargs = {k: v for k, v in variant.model_kwargs.items() if k != key}
@@ -965,7 +974,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log_file.close()
     rows = summarize([r for r in runs if r['seed'] in args.seeds], args.variants)
     write_json(results_path, {'config': config, 'runs': runs, 'summary': rows})
-    write_markdown(out / 'results.md', config, rows)
+    write_markdown(out / 'results.md', config, rows, verdict_lines=verdicts(rows))
     title = args.title or f'{args.dataset}: {args.model}, {args.epochs} epochs, {len(args.seeds)} seeds'
     write_plot(out / 'results.png', rows, title)
     write_curves(out / 'curves.png', [r for r in runs if r['seed'] in args.seeds], args.variants, title)
