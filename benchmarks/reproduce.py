@@ -52,7 +52,7 @@ _CLUTTERED = [
 
 PRESETS: Dict[str, List[str]] = {
     # the README's main job, `timm-tm compare` with no arguments (seeds 0-2), on 5 seeds and with a longer baseline
-    'digits': ['--threads', '1', '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline', 'baseline-ep10', 'tm',
+    'digits': ['--threads', '1', '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline', 'baseline-ep20', 'tm',
                'tm-embtied'],
     # the converged study: candidates, controls and the longer baseline, seeds 0-4
     'cluttered-mnist-converged': _CLUTTERED + [

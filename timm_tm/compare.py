@@ -779,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r = p.add_argument_group('recipe (shared by every variant)')
     r.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    r.add_argument('--epochs', type=int, default=5)
+    r.add_argument('--epochs', type=int, default=10)
     r.add_argument('--batch-size', type=int, default=32)
     r.add_argument('--opt', default='adamw', help='timm optimizer name (create_optimizer_v2), e.g. adamw, sgd')
     r.add_argument('--lr', type=float, default=3e-3)
