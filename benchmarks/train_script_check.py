@@ -7,8 +7,8 @@ timm's scripts are not in its wheel: take train.py from the release of the timm 
 ``--data``, a small real dataset is written first: 600 train / 300 val MNIST digits (60 / 30 per class) from the
 package's own copy, as 32 px RGB PNGs in ImageFolder layout. Both models see the same command (recipe, seed) but for
 ``--model``; each run is one process with one thread (``--jobs`` side by side). Written under ``--out``: each run's
-train.py output folder, and ``results.json`` / ``results.md`` with the final and best val top-1 per seed, the paired
-differences and a one-line verdict.
+train.py output folder (without its checkpoints unless ``--keep-checkpoints``), and ``results.json`` /
+``results.md`` with the final and best val top-1 per seed, the paired differences and a one-line verdict.
 
 Recipes: ``sgd`` is train.py's default optimizer at a small-data learning rate (SGD, momentum 0.9, lr 0.05, cosine,
 15 epochs, batch 32, no crop scaling, no flips); ``adamw`` is the README's small-data recipe (AdamW 2e-3, weight decay
@@ -73,6 +73,7 @@ def main(argv: List[str]) -> int:
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     p.add_argument('--data', default=None, help='ImageFolder root with train/ and val/ (default: write MNIST digits)')
     p.add_argument('--jobs', type=int, default=2)
+    p.add_argument('--keep-checkpoints', action='store_true', help="keep train.py's checkpoints (GBs per recipe)")
     p.add_argument('--device', default=None, help="train.py's --device (default: cuda if available, else cpu)")
     p.add_argument('--out', required=True, help='a new folder for the runs and the results')
     args = p.parse_args(argv)
@@ -101,6 +102,9 @@ def main(argv: List[str]) -> int:
         if proc.returncode != 0:
             raise RuntimeError(f'{model} seed {seed}: train.py failed:\n{proc.stderr[-2000:]}')
         record = {'variant': model, 'seed': seed, **final_and_best(folder / 'summary.csv')}
+        if not args.keep_checkpoints:  # train.py's own checkpoints in the run folder this script made: 1-2 GB a run
+            for checkpoint in folder.glob('*.pth.tar'):
+                checkpoint.unlink()
         print(f'{model} seed {seed}: top-1 {record["top1"]:.2f} (best {record["best_top1"]:.2f})', flush=True)
         return record
 
