@@ -45,7 +45,8 @@ CARD_FIELDS: Dict[str, str] = {
 }
 
 USAGE = """\
-Install `pip install timm-tm` (it brings timm); `import timm_tm` registers the `tm_*` architectures with timm.
+Install timm-tm from its repository (`pip install .` in a clone; it brings timm); `import timm_tm` registers the
+`tm_*` architectures with timm.
 
 ### Image Classification
 ```python
@@ -178,9 +179,10 @@ ${datasets_yaml}
 ${description}
 
 A `${architecture}`: timm's ResNet with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
-ResNet Block", BMVC 2022). Each TM block scores every region of a feature map against class templates (cosine),
-keeps the templates a region matches better than usual (BatchNorm + ReLU) and embeds them back into the features
-(zero-initialized 1x1 conv, residual); each block's pooled class evidence is added to the logits.
+ResNet Block", BMVC 2022). Each TM block scores every region of a feature map against class templates (cosine);
+its pooled class evidence reaches the logits (by default as gradient only, so the labels train the templates while
+the predictions stay the linear head's), and an optional embedding adds the matched templates back into the
+features.
 
 ## Model Details
 - **Model Type:** Image classification / feature backbone
