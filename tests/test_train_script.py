@@ -121,12 +121,12 @@ def _run(cmd, cwd) -> str:
 
 @pytest.fixture(scope='module')
 def trained(mnist_folder, tmp_path_factory):
-    """One short epoch of train.py on tm_resnet18_small: (experiment folder, its output)."""
+    """Three short epochs of train.py on tm_resnet18_small: (experiment folder, its output)."""
     out = tmp_path_factory.mktemp('train_out')
     # a recipe for small grey digits: AdamW, mild crops, no flips, per-step logging to read the loss curve
     cmd = [
         sys.executable, TRAIN_PY, str(mnist_folder), '--device-modules', 'timm_tm', '--model', 'tm_resnet18_small',
-        '--num-classes', '10', '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '1', '-b', '10',
+        '--num-classes', '10', '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '3', '-b', '10',
         '--opt', 'adamw', '--lr', '2e-3', '--warmup-epochs', '0', '--scale', '0.7', '1.0', '--hflip', '0',
         '--workers', '0', '--val-split', 'validation', '--log-interval', '1', '--output', str(out),
         '--experiment', 'e2e', '--seed', '0',
@@ -138,14 +138,16 @@ def trained(mnist_folder, tmp_path_factory):
 def test_train_py_trains_tm_resnet_to_a_falling_loss(trained):
     folder, output = trained
     losses = [float(v) for v in re.findall(r'Train: 0 \[\s*\d+/\d+ .*?Loss:\s*([0-9.eE+-]+)', output)]
-    assert len(losses) == 20, output[-3000:]
+    assert len(losses) == 20, output[-3000:]  # every step of the first epoch logged
     assert all(math.isfinite(v) for v in losses)
-    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-    assert last < first - 0.1, f'loss did not fall: first steps {losses[:5]}, last {losses[-5:]}'
     with open(folder / 'summary.csv') as f:
-        row = next(csv.DictReader(f))
-    assert math.isfinite(float(row['train_loss'])) and math.isfinite(float(row['eval_loss']))
-    assert float(row['eval_top1']) > 10.0  # above chance after 20 steps
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    assert all(math.isfinite(float(r['train_loss'])) and math.isfinite(float(r['eval_loss'])) for r in rows)
+    # the default block changes no prediction, so the loss falls as a ResNet's does: over epochs, not 20 steps
+    first, last = float(rows[0]['train_loss']), float(rows[-1]['train_loss'])
+    assert last < first - 0.1, f'train loss did not fall: {[r["train_loss"] for r in rows]}'
+    assert float(rows[-1]['eval_top1']) > 10.0  # above chance after 60 steps
     assert (folder / 'last.pth.tar').is_file() and (folder / 'model_best.pth.tar').is_file()
 
 
@@ -164,7 +166,7 @@ def test_validate_py_through_timm_tm_run_reproduces_train_py_eval(trained, mnist
     with open(results) as f:
         validated = next(csv.DictReader(f))
     with open(folder / 'summary.csv') as f:
-        summary = next(csv.DictReader(f))
+        summary = list(csv.DictReader(f))[-1]
     # the same weights on the same images: validate.py's top-1 is train.py's last eval
     assert float(validated['top1']) == pytest.approx(float(summary['eval_top1']), abs=1e-3)
 
