@@ -426,13 +426,18 @@ def _train_in_worker(variant: Variant, seed: int, args: argparse.Namespace, devi
     """One run in a worker process (``--jobs`` > 1): its own thread count, its log lines appended to the log."""
     torch.set_num_threads(max(1, args.threads))
     with open(log_path, 'a') as f:
+        return train_one(variant, seed, args, torch.device(device), _log_to(f))
 
-        def log(msg: str) -> None:
-            print(msg, flush=True)
-            f.write(msg + '\n')
-            f.flush()
 
-        return train_one(variant, seed, args, torch.device(device), log)
+def _log_to(f: Any) -> Callable[[str], None]:
+    """A log function: each message printed and appended (flushed) to the open file ``f``."""
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        f.write(msg + '\n')
+        f.flush()
+
+    return log
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,7 +466,6 @@ def _paired_p(diffs: Sequence[float]) -> Optional[float]:
 def summarize(runs: List[Dict[str, Any]], variants: Sequence[str], reference: str = 'baseline') -> List[Dict]:
     """Per variant: top-1 mean / std over seeds, and the paired difference to ``reference`` on shared seeds."""
     by = {(r['variant'], r['seed']): r for r in runs}
-    ref_seeds = {s for v, s in by if v == reference}
     rows = []
     for v in variants:
         seeds = sorted(s for vv, s in by if vv == v)
@@ -473,13 +477,11 @@ def summarize(runs: List[Dict[str, Any]], variants: Sequence[str], reference: st
             'variant': v, 'seeds': seeds, 'top1': top1, 'mean': mean, 'std': std,
             'params': by[(v, seeds[0])]['params'], 'seconds': [by[(v, s)]['seconds'] for s in seeds],
         }  # fmt: skip
-        paired = [s for s in seeds if s in ref_seeds]
-        if v != reference and paired:
-            diffs = [by[(v, s)]['top1'] - by[(reference, s)]['top1'] for s in paired]
-            dm, ds = _mean_std(diffs)
+        d = paired(runs, v, reference) if v != reference else None
+        if d is not None:
             row.update(
-                paired_seeds=paired, diffs=diffs, diff_mean=dm, diff_std=ds, p_value=_paired_p(diffs),
-                wins=sum(d > 0 for d in diffs),
+                paired_seeds=d['seeds'], diffs=d['diffs'], diff_mean=d['mean'], diff_std=d['std'],
+                p_value=d['p_value'], wins=d['wins'],
             )  # fmt: skip
         rows.append(row)
     return rows
@@ -658,12 +660,10 @@ def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
     return pairs
 
 
-def verdicts(rows: List[Dict[str, Any]], runs: Optional[List[Dict[str, Any]]] = None) -> List[str]:
-    """The verdict lines of a summary (``rows`` from :func:`summarize`, whose runs are rebuilt from them)."""
-    if runs is None:
-        runs = [{'variant': r['variant'], 'seed': s, 'top1': t} for r in rows for s, t in zip(r['seeds'], r['top1'])]
+def verdicts(runs: List[Dict[str, Any]], variants: Sequence[str]) -> List[str]:
+    """The verdict lines for the ``control_pairs`` of ``variants`` among ``runs`` (pairs without runs left out)."""
     lines = []
-    for v, ref in control_pairs([r['variant'] for r in rows]):
+    for v, ref in control_pairs([v for v in variants if any(r['variant'] == v for r in runs)]):
         d = paired(runs, v, ref)
         if d is not None:
             lines.append(verdict(d))
@@ -936,11 +936,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config['command'] = prev['config']['command']
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / 'log.txt', 'a')
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        log_file.write(msg + '\n')
-        log_file.flush()
+    log = _log_to(log_file)
 
     done = {(r['variant'], r['seed']) for r in runs}
     todo = [(s, v) for s in args.seeds for v in variants if (v.name, s) not in done]
@@ -972,12 +968,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     finally:
         log_file.close()
-    rows = summarize([r for r in runs if r['seed'] in args.seeds], args.variants)
+    selected = [r for r in runs if r['seed'] in args.seeds]
+    rows = summarize(selected, args.variants)
+    lines = verdicts(selected, args.variants)
     write_json(results_path, {'config': config, 'runs': runs, 'summary': rows})
-    write_markdown(out / 'results.md', config, rows, verdict_lines=verdicts(rows))
+    write_markdown(out / 'results.md', config, rows, verdict_lines=lines)
     title = args.title or f'{args.dataset}: {args.model}, {args.epochs} epochs, {len(args.seeds)} seeds'
     write_plot(out / 'results.png', rows, title)
-    write_curves(out / 'curves.png', [r for r in runs if r['seed'] in args.seeds], args.variants, title)
+    write_curves(out / 'curves.png', selected, args.variants, title)
 
     print(f'\n{format_table(rows)}\n')
     for r in rows:
@@ -988,7 +986,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'{r["variant"]:>14} - baseline: {r["diff_mean"]:+.2f} ± {r["diff_std"]:.2f} points{p_s}')
     print(f'\n{len(todo)} run(s) in {time.time() - t_all:.0f}s; results in {out}/ (results.md, results.png, '
           'curves.png, results.json)')  # fmt: skip
-    for line in verdicts(rows):
+    for line in lines:
         print(line)
     return 0
 

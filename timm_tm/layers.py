@@ -100,20 +100,20 @@ class TemplateMatching(nn.Module):
             norm_layer: Normalization over the K scores for ``embedding='templates'``.
         """
         super().__init__()
-        _check_int('channels', channels, 1)
-        _check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
-        _check_int('templates_per_class', templates_per_class, 1)
-        _check_choice('evidence_pool', evidence_pool, EVIDENCE_POOLS)
-        _check_choice('evidence_mode', evidence_mode, EVIDENCE_MODES)
-        _check_choice('embedding', embedding, EMBEDDINGS)
-        _check_finite('evidence_weight_init', evidence_weight_init)
-        _check_finite('eps', eps, positive=True)
+        check_int('channels', channels, 1)
+        check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
+        check_int('templates_per_class', templates_per_class, 1)
+        check_choice('evidence_pool', evidence_pool, EVIDENCE_POOLS)
+        check_choice('evidence_mode', evidence_mode, EVIDENCE_MODES)
+        check_choice('embedding', embedding, EMBEDDINGS)
+        check_finite('evidence_weight_init', evidence_weight_init)
+        check_finite('eps', eps, positive=True)
         if not (isinstance(temperature_range, (tuple, list)) and len(temperature_range) == 2):
             raise TypeError(f'temperature_range must be a (min, max) pair, got {temperature_range!r}')
-        t_min, t_max = (_check_finite('temperature_range', t, positive=True) for t in temperature_range)
+        t_min, t_max = (check_finite('temperature_range', t, positive=True) for t in temperature_range)
         if not t_min <= t_max:
             raise ValueError(f'temperature_range must be (min, max) with min <= max, got {temperature_range!r}')
-        _check_finite('temperature_init', temperature_init, positive=True)
+        check_finite('temperature_init', temperature_init, positive=True)
         if not t_min <= temperature_init <= t_max:
             raise ValueError(f'temperature_init must lie in temperature_range {tuple(temperature_range)}, '
                              f'got {temperature_init}')  # fmt: skip
@@ -148,7 +148,7 @@ class TemplateMatching(nn.Module):
         The new block is the identity again (zero embedding) and its evidence weight is back at its initial
         value. Device, dtype, training mode and requires_grad follow the existing parameters.
         """
-        _check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
+        check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
         if device is None or dtype is None:
             device = device or self.log_temperature.device
             dtype = dtype or self.log_temperature.dtype
@@ -166,8 +166,7 @@ class TemplateMatching(nn.Module):
             self.embed_scale = nn.Parameter(torch.empty(self.channels, **dd))
         else:
             self.register_parameter('embed_scale', None)
-        meta = torch.device(device).type == 'meta'
-        if not meta:
+        if torch.device(device).type != 'meta':
             nn.init.normal_(self.templates.weight)
             self.zero_init_last()
         if self.evidence_weight.device.type != 'meta':
@@ -189,7 +188,7 @@ class TemplateMatching(nn.Module):
     def identity_state_keys(self) -> List[str]:
         """State-dict keys (relative to the block) that are zero when the block changes neither the features nor
         the logits: what converting a ResNet's weights zeroes for an exact start."""
-        keys = [k for k in ('embed.weight', 'embed_scale') if k in self.state_dict()]
+        keys = [k for k, part in (('embed.weight', self.embed), ('embed_scale', self.embed_scale)) if part is not None]
         if self.evidence_mode == 'logits':  # with 'gradient' the evidence is zero in the forward pass anyway
             keys.append('evidence_weight')
         return keys
@@ -197,7 +196,10 @@ class TemplateMatching(nn.Module):
     @property
     def temperature(self) -> torch.Tensor:
         """The temperature in use: ``exp(log_temperature)`` clamped to ``temperature_range``."""
-        return self.log_temperature.clamp(self.log_temperature_min, self.log_temperature_max).exp()
+        return self._clamped_log_temperature().exp()
+
+    def _clamped_log_temperature(self) -> torch.Tensor:
+        return self.log_temperature.float().clamp(self.log_temperature_min, self.log_temperature_max)
 
     def match(self, x: torch.Tensor) -> torch.Tensor:
         """Matching scores, B x K x H x W: temperature * cosine(region, template)."""
@@ -210,8 +212,7 @@ class TemplateMatching(nn.Module):
         # and the conv output already is the score (no pass over, and no saved copy of, the B x K x H x W dots).
         # For fp32 input the final `.to` returns its input as is (no copy).
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(self.eps)
-        log_t = self.log_temperature.float().clamp(self.log_temperature_min, self.log_temperature_max)
-        scale = log_t.exp() / norm  # B x 1 x H x W
+        scale = self._clamped_log_temperature().exp() / norm  # B x 1 x H x W
         return F.conv2d((x * scale).to(x.dtype), templates)
 
     def pool_classes(self, scores: torch.Tensor) -> torch.Tensor:
@@ -288,7 +289,8 @@ class TemplateMatching(nn.Module):
         )
 
 
-def _check_int(name: str, value: Any, minimum: int, where: str = '') -> int:
+def check_int(name: str, value: Any, minimum: int, where: str = '') -> int:
+    """``value`` as an integer >= ``minimum``; a TypeError / ValueError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be an integer >= {minimum}{where}, got {value!r}')
     if value < minimum:
@@ -296,7 +298,8 @@ def _check_int(name: str, value: Any, minimum: int, where: str = '') -> int:
     return value
 
 
-def _check_finite(name: str, value: Any, positive: bool = False) -> float:
+def check_finite(name: str, value: Any, positive: bool = False) -> float:
+    """``value`` as a finite float (> 0 with ``positive``); a TypeError / ValueError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f'{name} must be a number, got {value!r}')
     if not math.isfinite(value) or (positive and value <= 0):
@@ -304,7 +307,7 @@ def _check_finite(name: str, value: Any, positive: bool = False) -> float:
     return float(value)
 
 
-def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> str:
+def check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f'{name} must be one of {choices}, got {value!r}')
     return value

@@ -27,7 +27,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models._registry import get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_input_shape
+from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_finite, check_input_shape, check_int
 from timm_tm.weights import prepare_pretrained, tm_weight_cfgs
 
 __all__ = ['TemplateMatchingResNet', 'convert_resnet_state_dict', 'checkpoint_filter_fn', 'TM_ARCHS']
@@ -97,18 +97,6 @@ class TemplateMatchingResNet(ResNet):
         # Checked before anything is built, each error naming its parameter: a wrong type would otherwise fail deep
         # in torch (or be truncated, 2.5 templates per class), a non-finite init would give a model of NaN outputs.
         # The TM options not named here reach TemplateMatching as they are, which checks its own.
-        def check_int(name: str, value: Any, minimum: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f'{name} must be an integer >= {minimum}, got {value!r}')
-            if value < minimum:
-                raise ValueError(f'{name} must be >= {minimum}, got {value}')
-
-        def check_finite(name: str, value: Any, positive: bool = False) -> None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f'{name} must be a number, got {value!r}')
-            if not -float('inf') < value < float('inf') or (positive and value <= 0):  # NaN fails the comparison
-                raise ValueError(f'{name} must be a finite number{" > 0" if positive else ""}, got {value}')
-
         check_int('num_classes', num_classes, 0)
         check_int('templates_per_class', templates_per_class, 1)
         if template_classes is not None:
@@ -280,7 +268,7 @@ class TemplateMatchingResNet(ResNet):
         the missing, unexpected and mis-shaped keys, the TM ones called out as such.
         """
         own = self.state_dict()
-        tm_keys = set(_tm_keys(self))
+        tm_keys = set(_tm_keys(own, self.tm_blocks()))
         converted = bool(tm_keys) and not any(k in tm_keys for k in state_dict) and any(k in own for k in state_dict)
         if converted:
             state_dict = convert_resnet_state_dict(dict(state_dict), self)
@@ -290,9 +278,10 @@ class TemplateMatchingResNet(ResNet):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def _tm_keys(model: nn.Module) -> List[str]:
-    prefixes = [n + '.' for n, m in model.named_modules() if isinstance(m, TemplateMatching)]
-    return [k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)]
+def _tm_keys(state: Dict[str, Any], blocks: Dict[str, TemplateMatching]) -> List[str]:
+    """The keys of a model's ``state`` (its state_dict) that belong to its TM ``blocks`` (by module name)."""
+    prefixes = tuple(name + '.' for name in blocks)
+    return [k for k in state if prefixes and k.startswith(prefixes)]
 
 
 def _state_dict_errors(
@@ -380,7 +369,7 @@ def convert_resnet_state_dict(
         state_dict = state_dict['state_dict']
     model_sd = model.state_dict()
     blocks = model.tm_blocks()
-    tm_keys = _tm_keys(model)
+    tm_keys = _tm_keys(model_sd, blocks)
     # every TM block has a templates conv: the checkpoint's blocks are found by it
     source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
     source_fc = state_dict.get('fc.weight')
@@ -446,7 +435,7 @@ def convert_resnet_state_dict(
     same_head = source_classes is not None and model.num_classes > 0 and source_classes == model.num_classes
     exact = not source_tm and (same_head or model.num_classes == 0)
 
-    identity_keys = {f'{name}.{k}' for name, tm in model.tm_blocks().items() for k in tm.identity_state_keys()}
+    identity_keys = {f'{name}.{k}' for name, tm in blocks.items() for k in tm.identity_state_keys()}
     out = dict(state_dict)
     refreshed = []
     for k in tm_keys:
