@@ -98,7 +98,8 @@ def main(argv: List[str]) -> int:
         env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         folder = out / 'runs' / f'{model}-seed{seed}'
-        (folder / 'train.log').write_text(proc.stdout + proc.stderr) if folder.is_dir() else None
+        if folder.is_dir():
+            (folder / 'train.log').write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise RuntimeError(f'{model} seed {seed}: train.py failed:\n{proc.stderr[-2000:]}')
         record = {'variant': model, 'seed': seed, **final_and_best(folder / 'summary.csv')}

@@ -228,3 +228,14 @@ def test_data_dir_without_val_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(['--data-dir', str(tmp_path)])
     assert 'missing: val/' in capsys.readouterr().err
+
+
+def test_files_of_another_origin_in_out_are_never_overwritten(tmp_path, capsys):
+    out = tmp_path / 'mine'
+    out.mkdir()
+    (out / 'results.md').write_text('my notes')
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ['--seeds', '0', '--variants', 'baseline', '--out', str(out)])
+    assert e.value.code == 2
+    assert 'results.md' in capsys.readouterr().err
+    assert (out / 'results.md').read_text() == 'my notes' and sorted(p.name for p in out.iterdir()) == ['results.md']

@@ -915,6 +915,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     config['scale'] = list(args.scale) if args.scale else None
     config['command'] = 'timm-tm compare ' + ' '.join(argv if argv is not None else sys.argv[1:])
     runs: List[Dict[str, Any]] = []
+    # what this command writes; without its results.json a folder's files are someone else's: never overwritten
+    foreign = [n for n in ('results.md', 'results.png', 'curves.png', 'log.txt') if (out / n).exists()]
+    if foreign and not results_path.exists():
+        p.error(f'--out {out} holds {", ".join(foreign)} but no results.json of timm-tm compare: choose another --out')
     if results_path.exists():
         if not args.resume:
             p.error(f'{results_path} exists: pass --resume to continue it, or choose another --out')
