@@ -25,10 +25,10 @@ import timm
 import torch
 import torch.nn.functional as F
 import yaml
-from test_hub import _corrupt, offline_hf_cache, populate_hf_cache
+from test_pretrained import _corrupt, offline_hf_cache, populate_hf_cache
 
 from timm_tm.hub import export_main, load_checkpoint_file, push_main
-from timm_tm.weights import WeightsFileError, tm_hub_id
+from timm_tm.pretrained import WeightsFileError, tm_hub_id
 
 TAG = 'tm_resnet18_small.mnist'  # the TM tag these digits weights are exported under (10 classes, default kwargs)
 SIZE = 8  # digits are 8 x 8 px; tm_resnet18_small's output stride is 8
@@ -617,7 +617,7 @@ def test_push_passes_the_allow_list_to_the_upload(exported, online, tmp_path, mo
 
 def test_every_publishable_model_has_a_card_template_that_renders():
     from timm_tm.model_card import CARD_FIELDS, find_card_template, render_card
-    from timm_tm.weights import TM_WEIGHTS
+    from timm_tm.pretrained import TM_WEIGHTS
 
     fields = {k: f'<{k}>' for k in CARD_FIELDS if k not in ('usage', 'citation')}
     fields.update(datasets_yaml='- imagenet-1k', license='apache-2.0', repo_id='org/name')

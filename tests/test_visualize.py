@@ -317,7 +317,7 @@ def exported_default(tmp_path_factory):
 def test_bad_safetensors_and_configs_are_one_line_errors(trained, exported_default, tmp_path, capsys):
     import shutil
 
-    from test_hub import _corrupt
+    from test_pretrained import _corrupt
 
     _, _, (digits, labels) = trained
     (image,) = _write_digits(tmp_path, digits[:1], labels[:1])

@@ -3,7 +3,7 @@ training args and class names from, so that the two commands cannot disagree on 
 
 * :func:`read_checkpoint`: the state_dict (model or EMA weights, never one in place of the other) and the
   metadata train.py stored (``args``, ``epoch``, ``metric``, ``arch``, ``label_names``). Pickled files are read
-  with ``weights_only=True``, ``.safetensors`` files are verified (:func:`timm_tm.weights.verify_weights_file`)
+  with ``weights_only=True``, ``.safetensors`` files are verified (:func:`timm_tm.pretrained.verify_weights_file`)
   before they are read, and weights that are not all finite tensors are refused.
 * :func:`model_kwargs_from_args` / :func:`data_args_from_args`: the model kwargs and the preprocessing the run
   used, checked for type.
@@ -66,7 +66,7 @@ def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[s
     if path.name.endswith('.safetensors'):
         import safetensors.torch
 
-        from timm_tm.weights import WeightsFileError, verify_weights_file
+        from timm_tm.pretrained import WeightsFileError, verify_weights_file
 
         try:
             verify_weights_file(path)  # header, size, and the SHA-256 a config.json beside it records

@@ -1,8 +1,16 @@
 """``timm-tm`` (same as ``python -m timm_tm``): one entry point, a subcommand per task.
 
-Subcommands are imported only when run, so ``timm-tm --help`` stays fast.
+Subcommands are imported only when run, so ``timm-tm --help`` stays fast. Every subcommand is a
+``main(argv) -> int`` built on :func:`command_parser` and keeps one convention for its exit status:
+
+* 0: done;
+* 1: the work failed (a file that cannot be read, a run that diverged): one line ``timm-tm CMD: error: ...``
+  on stderr (:func:`report_error`);
+* 2: the arguments are wrong, found before any work starts: argparse's usage and error line
+  (``parser.error``).
 """
 
+import argparse
 import importlib
 import sys
 from typing import List, Optional
@@ -16,6 +24,28 @@ COMMANDS = {
     'bench': ('timm_tm.bench:main', 'throughput / memory of tm_resnetX against resnetX, side by side'),
     'visualize': ('timm_tm.visualize:main', 'draw the per-region class maps of a TM model on images'),
 }
+
+
+def command_parser(command: str, description: str, epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser of ``timm-tm COMMAND``: its prog name is the one its messages start with."""
+    return argparse.ArgumentParser(prog=f'timm-tm {command}', description=description, epilog=epilog)
+
+
+def report_error(command: str, message: object) -> int:
+    """Print ``timm-tm COMMAND: error: MESSAGE`` (one line) to stderr; returns 1, the status of failed work."""
+    print(f'timm-tm {command}: error: {message}', file=sys.stderr)
+    return 1
+
+
+def int_list(text: str, minimum: int = 1) -> List[int]:
+    """argparse type: ``'2,2,2,2'`` -> ``[2, 2, 2, 2]`` (``''`` -> ``[]``), each at least ``minimum``."""
+    try:
+        values = [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+    if any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers >= {minimum}, got {text!r}')
+    return values
 
 
 def _usage() -> str:
@@ -41,7 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     module_name, fn_name = COMMANDS[name][0].split(':')
     fn = getattr(importlib.import_module(module_name), fn_name)
-    return int(fn(rest) or 0)
+    try:
+        return int(fn(rest) or 0)
+    except SystemExit as e:  # argparse: --help (0) and wrong arguments (2)
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@
 
 The exported folder is what timm itself writes with ``save_for_hf`` (``model.safetensors``, ``config.json``) plus
 the model card (``README.md``, see :mod:`timm_tm.model_card`); ``config.json`` also records the SHA-256 of the
-weights (``weights_sha256``), which the tm_* loaders check (:mod:`timm_tm.weights`). It loads back with
+weights (``weights_sha256``), which the tm_* loaders check (:mod:`timm_tm.pretrained`). It loads back with
 ``timm.create_model('local-dir:FOLDER', pretrained=True)`` and, once pushed, ``'hf-hub:ORG/NAME'``.
 """
 
@@ -38,7 +38,7 @@ from timm_tm.checkpoints import (
     read_checkpoint,
     read_label_names_file,
 )
-from timm_tm.weights import (
+from timm_tm.pretrained import (
     HUB_NAMESPACE,
     TM_WEIGHTS,
     WEIGHTS_NAME,

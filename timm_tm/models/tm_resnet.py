@@ -28,7 +28,7 @@ from timm.models._registry import get_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_finite, check_input_shape, check_int
-from timm_tm.weights import prepare_pretrained, tm_weight_cfgs
+from timm_tm.pretrained import prepare_pretrained, tm_weight_cfgs
 
 __all__ = ['TemplateMatchingResNet', 'convert_resnet_state_dict', 'checkpoint_filter_fn', 'TM_ARCHS']
 
@@ -565,7 +565,7 @@ default_cfgs = generate_default_cfgs(
             f'{variant}.{tag}': _from_resnet_cfg(variant, tag) for variant, tags in _RESNET_TAGS.items() for tag in tags
         },
         'tm_resnet18_small': _cfg('tm_resnet18_small', input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0),
-        # TM-trained weights under timm_tm.weights.HUB_NAMESPACE (after the defaults: never a default tag)
+        # TM-trained weights under timm_tm.pretrained.HUB_NAMESPACE (after the defaults: never a default tag)
         **{name: _cfg(name.split('.')[0], **cfg) for name, cfg in tm_weight_cfgs().items()},
     }
 )

@@ -116,7 +116,7 @@ def not_published_message(name: str, cache_dir: Optional[str] = None) -> str:
         f'To publish them from a timm train.py run of {model}: '
         f'`timm-tm export OUTPUT_DIR/model_best.pth.tar --model {model} --name {name} --summary OUTPUT_DIR/summary.csv '
         f'--out {name}` then `timm-tm push {name} --repo {repo}`, and add {name!r} to PUBLISHED_TAGS in '
-        'timm_tm/weights.py. Use pretrained=False (or another tag) meanwhile.'
+        'timm_tm/pretrained.py. Use pretrained=False (or another tag) meanwhile.'
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from conftest import tm_at_identity
 from timm.models._hub import save_for_hf
 
-from timm_tm.weights import PUBLISHED_TAGS, TM_WEIGHTS, WeightsFileError, tm_hub_id, verify_weights_file
+from timm_tm.pretrained import PUBLISHED_TAGS, TM_WEIGHTS, WeightsFileError, tm_hub_id, verify_weights_file
 
 LFS_FILES = ('.safetensors', '.bin', '.pth')  # stored on the Hub with git LFS: etag = sha256 of the content
 

@@ -1,0 +1,69 @@
+"""Writing files safely: atomically (a reader never sees half a file), with the permissions of a normal file.
+
+Every command that writes results, pictures or weights goes through here, so that a killed run leaves either the
+old file or the new one, never a truncated one, and a file made through ``tempfile`` (0600) is as readable as one
+made by ``open`` (0666 less the umask).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+__all__ = ['atomic_write', 'process_umask', 'make_shareable']
+
+PathLike = Union[str, os.PathLike]
+
+
+def process_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def make_shareable(path: PathLike) -> None:
+    """Give ``path`` the mode ``open`` / ``mkdir`` would have given it: 0666 (0777 for a folder) less the umask.
+
+    ``tempfile.mkstemp`` / ``mkdtemp`` make private files and folders; results and exports are for sharing.
+    """
+    mode = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, mode & ~process_umask())
+
+
+def atomic_write(
+    path: PathLike,
+    write: Callable[[str], None],
+    replace: bool = True,
+) -> Optional[Path]:
+    """Write ``path`` through ``write(temporary_path)``, then move the finished file into place in one step.
+
+    The temporary file sits beside ``path`` (same file system) and is removed when ``write`` fails. With
+    ``replace=False`` an existing ``path`` is never replaced, even one that appears while ``write`` runs: the
+    finished file is then kept under its temporary name, which is returned. Returns None when ``path`` was written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        make_shareable(tmp)
+        if replace:
+            os.replace(tmp, path)
+            return None
+        try:
+            os.link(tmp, path)  # unlike os.replace, refuses an existing path (atomically)
+        except FileExistsError:
+            return Path(tmp)
+        except OSError:  # a file system without hard links: check, then replace
+            if os.path.lexists(path):
+                return Path(tmp)
+            os.replace(tmp, path)
+            return None
+        os.unlink(tmp)
+        return None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
