@@ -147,7 +147,8 @@ def test_equivalence_breaks_once_tm_blocks_are_nonzero():
 
 def test_pretrained_loader_warns_only_when_it_reinitializes(tmp_path, caplog):
     """A ResNet file of the model's class count loads exactly and silently; one of another class count loads its
-    backbone exactly, with a warning naming the re-initialized head (a TM checkpoint's other TM config: test_pretrained)."""
+    backbone exactly, with a warning naming the re-initialized head (a TM checkpoint's other TM config:
+    test_pretrained)."""
     resnet = _resnet('resnet18')
     path = tmp_path / 'resnet18.safetensors'
     safetensors.torch.save_file(resnet.state_dict(), str(path))
