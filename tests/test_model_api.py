@@ -280,7 +280,12 @@ def test_prune_intermediate_layers():
 # --- training utilities -------------------------------------------------------------------------------------------
 
 
-def test_set_grad_checkpointing_same_outputs_and_grads():
+@pytest.mark.parametrize('reentrant', [False, True])
+def test_set_grad_checkpointing_same_outputs_and_grads(reentrant):
+    """Checkpointed (timm's non-reentrant default, and the reentrant kind, which gives gradient to outputs only) and
+    plain forward agree, the class evidence's gradient into the templates included."""
+    from timm.layers import set_reentrant_ckpt, use_reentrant_ckpt
+
     model = _create('tm_resnet18_small', num_classes=10, templates_per_class=2).train()
     ckpt = copy.deepcopy(model)
     ckpt.set_grad_checkpointing(True)
@@ -288,10 +293,15 @@ def test_set_grad_checkpointing_same_outputs_and_grads():
     x = _x(b=4, size=32)
     target = torch.tensor([0, 1, 2, 3])
     outs = []
-    for m in (model, ckpt):
-        out = m(x)
-        F.cross_entropy(out, target).backward()
-        outs.append(out.detach())
+    previous = use_reentrant_ckpt()
+    set_reentrant_ckpt(reentrant)
+    try:
+        for m in (model, ckpt):
+            out = m(x)
+            F.cross_entropy(out, target).backward()
+            outs.append(out.detach())
+    finally:
+        set_reentrant_ckpt(previous)
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     grads = dict(model.named_parameters())
     for name, p in ckpt.named_parameters():
@@ -583,3 +593,27 @@ def test_checkpoint_of_another_embedding_is_refused_naming_it(tmp_path):
     with pytest.raises(RuntimeError, match=r'Unexpected TM \(template-matching block\) key\(s\).*embed_scale'):
         model.load_state_dict(source.state_dict())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_import_survives_a_timm_without_one_of_the_resnet_tags():
+    """A timm that drops a ResNet weights tag (here resnet26.bt_in1k) costs that tm_* tag only, with a warning."""
+    import subprocess
+    import sys
+
+    code = (
+        'import warnings, timm.models\n'
+        'found = timm.models.get_pretrained_cfg\n'
+        "timm.models.get_pretrained_cfg = lambda name, *a, **k: None if name == 'resnet26.bt_in1k' else found(name)\n"
+        'with warnings.catch_warnings(record=True) as caught:\n'
+        "    warnings.simplefilter('always')\n"
+        '    import timm_tm, timm\n'
+        'print([str(w.message) for w in caught if "has no" in str(w.message)])\n'
+        "print(timm.list_pretrained('tm_resnet26*'), 'tm_resnet18.a1_in1k' in timm.list_pretrained('tm_*'))\n"
+        "print(type(timm.create_model('tm_resnet26', num_classes=3)).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert 'resnet26.bt_in1k weights: tm_resnet26.bt_in1k is left out' in lines[0]
+    assert lines[1] == '[] True'
+    assert lines[2] == 'TemplateMatchingResNet'

@@ -25,7 +25,7 @@ EVIDENCE_MODES = ('gradient', 'logits')
 EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
 
 
-@register_notrace_function  # FX (timm's feature extraction) cannot trace a shape check: keep it a leaf call
+@register_notrace_function  # a leaf call under timm's FX tracer (feature extraction): shapes are not traceable
 def check_input_shape(x: torch.Tensor, channels: int, owner: str, param: str) -> None:
     """Raise a ValueError naming the expected shape unless ``x`` is B x ``channels`` x H x W."""
     if x.dim() != 4 or x.shape[1] != channels:
@@ -34,18 +34,12 @@ def check_input_shape(x: torch.Tensor, channels: int, owner: str, param: str) ->
         )
 
 
-torch.fx.wrap('check_input_shape')  # a leaf wherever it is called from, under any FX tracer
-
-
 @register_notrace_function
 def block_output(x: torch.Tensor) -> torch.Tensor:
     """Returns ``x`` itself. Under FX it is a leaf call, so a block's output is always a node of the block's own,
     created last: FX feature extraction takes a module's last node as its output, and a block that returns its input
     unchanged (``embedding='none'``) would otherwise hand over its class evidence instead."""
     return x
-
-
-torch.fx.wrap('block_output')
 
 
 class TemplateMatching(nn.Module):
@@ -100,23 +94,10 @@ class TemplateMatching(nn.Module):
             norm_layer: Normalization over the K scores for ``embedding='templates'``.
         """
         super().__init__()
-        check_int('channels', channels, 1)
-        check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
-        check_int('templates_per_class', templates_per_class, 1)
-        check_choice('evidence_pool', evidence_pool, EVIDENCE_POOLS)
-        check_choice('evidence_mode', evidence_mode, EVIDENCE_MODES)
-        check_choice('embedding', embedding, EMBEDDINGS)
-        check_finite('evidence_weight_init', evidence_weight_init)
-        check_finite('eps', eps, positive=True)
-        if not (isinstance(temperature_range, (tuple, list)) and len(temperature_range) == 2):
-            raise TypeError(f'temperature_range must be a (min, max) pair, got {temperature_range!r}')
-        t_min, t_max = (check_finite('temperature_range', t, positive=True) for t in temperature_range)
-        if not t_min <= t_max:
-            raise ValueError(f'temperature_range must be (min, max) with min <= max, got {temperature_range!r}')
-        check_finite('temperature_init', temperature_init, positive=True)
-        if not t_min <= temperature_init <= t_max:
-            raise ValueError(f'temperature_init must lie in temperature_range {tuple(temperature_range)}, '
-                             f'got {temperature_init}')  # fmt: skip
+        t_min, t_max = _check_args(
+            channels, num_classes, templates_per_class, evidence_pool, evidence_mode, embedding,
+            evidence_weight_init, eps, temperature_range, temperature_init,
+        )  # fmt: skip
         dd = {'device': device, 'dtype': dtype}
         self.channels = channels
         self.templates_per_class = templates_per_class
@@ -257,18 +238,22 @@ class TemplateMatching(nn.Module):
             return x + v * embed_scale.to(x.dtype).view(1, -1, 1, 1)
         return x
 
+    def match_and_embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns (B x C x H x W block output, B x K x H x W matching scores): the block's one pass."""
+        scores = self.match(x)
+        return self.embed_regions(x, scores), scores
+
     @torch.jit.export
     def forward_with_evidence(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (B x C x H x W features, B x N weighted class evidence)."""
-        evidence: List[torch.Tensor] = []
-        y = self.forward(x, evidence)
-        return y, evidence[0]
+        y, scores = self.match_and_embed(x)
+        return y, self.class_evidence(scores)
 
     @torch.jit.export
     def forward_class_map(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (B x C x H x W features, B x N x H x W per-region class map, unweighted)."""
-        scores = self.match(x)
-        return self.embed_regions(x, scores), self.pool_classes(scores)
+        y, scores = self.match_and_embed(x)
+        return y, self.pool_classes(scores)
 
     def forward(self, x: torch.Tensor, evidence: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         """B x C x H x W -> B x C x H x W; appends the B x N weighted class evidence to ``evidence`` when given.
@@ -276,10 +261,10 @@ class TemplateMatching(nn.Module):
         A model collects the evidence through this call (not ``forward_with_evidence``) so that the block runs as a
         module: forward hooks fire, and FX feature extraction scopes the block's nodes, its output last, under its name.
         """
-        scores = self.match(x)
+        y, scores = self.match_and_embed(x)
         if evidence is not None:
             evidence.append(self.class_evidence(scores))
-        return block_output(self.embed_regions(x, scores))
+        return block_output(y)
 
     def extra_repr(self) -> str:
         return (
@@ -287,6 +272,40 @@ class TemplateMatching(nn.Module):
             f'templates_per_class={self.templates_per_class}, evidence_pool={self.evidence_pool!r}, '
             f'evidence_mode={self.evidence_mode!r}, embedding={self.embedding!r}'
         )
+
+
+def _check_args(
+    channels: Any,
+    num_classes: Any,
+    templates_per_class: Any,
+    evidence_pool: Any,
+    evidence_mode: Any,
+    embedding: Any,
+    evidence_weight_init: Any,
+    eps: Any,
+    temperature_range: Any,
+    temperature_init: Any,
+) -> Tuple[float, float]:
+    """TemplateMatching's arguments, each error naming its parameter; returns the (min, max) temperature."""
+    check_int('channels', channels, 1)
+    check_int('num_classes', num_classes, 1, ' for a TemplateMatching block')
+    check_int('templates_per_class', templates_per_class, 1)
+    check_choice('evidence_pool', evidence_pool, EVIDENCE_POOLS)
+    check_choice('evidence_mode', evidence_mode, EVIDENCE_MODES)
+    check_choice('embedding', embedding, EMBEDDINGS)
+    check_finite('evidence_weight_init', evidence_weight_init)
+    check_finite('eps', eps, positive=True)
+    if not (isinstance(temperature_range, (tuple, list)) and len(temperature_range) == 2):
+        raise TypeError(f'temperature_range must be a (min, max) pair, got {temperature_range!r}')
+    t_min, t_max = (check_finite('temperature_range', t, positive=True) for t in temperature_range)
+    if not t_min <= t_max:
+        raise ValueError(f'temperature_range must be (min, max) with min <= max, got {temperature_range!r}')
+    check_finite('temperature_init', temperature_init, positive=True)
+    if not t_min <= temperature_init <= t_max:
+        raise ValueError(
+            f'temperature_init must lie in temperature_range {tuple(temperature_range)}, got {temperature_init}'
+        )
+    return t_min, t_max
 
 
 def check_int(name: str, value: Any, minimum: int, where: str = '') -> int:

@@ -1,4 +1,5 @@
-from timm_tm.models.tm_resnet import *  # noqa: F403  (registers the tm_* models with timm)
-from timm_tm.models.tm_resnet import TemplateMatchingResNet, checkpoint_filter_fn, convert_resnet_state_dict
+"""The tm_* model families; importing this registers them with timm."""
 
-__all__ = ['TemplateMatchingResNet', 'checkpoint_filter_fn', 'convert_resnet_state_dict']
+from timm_tm.models.tm_resnet import TemplateMatchingResNet, TemplateMatchingStage, convert_resnet_state_dict
+
+__all__ = ['TemplateMatchingResNet', 'TemplateMatchingStage', 'convert_resnet_state_dict']

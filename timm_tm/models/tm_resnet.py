@@ -16,21 +16,27 @@ ResNet ImageNet weights set them so.
 """
 
 import logging
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._manipulate import checkpoint, checkpoint_seq
-from timm.models._registry import get_pretrained_cfg
+from timm import __version__ as timm_version
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_finite, check_input_shape, check_int
 from timm_tm.pretrained import prepare_pretrained, tm_weight_cfgs
 
-__all__ = ['TemplateMatchingResNet', 'convert_resnet_state_dict', 'checkpoint_filter_fn', 'TM_ARCHS']
+__all__ = ['TemplateMatchingResNet', 'TemplateMatchingStage', 'convert_resnet_state_dict', 'TM_ARCHS']
 
 _logger = logging.getLogger(__name__)
 
@@ -49,7 +55,42 @@ TM_ARCHS: Dict[str, Dict[str, Any]] = {
     'tm_resnet18_small': dict(block=BasicBlock, layers=(2, 2, 2, 2), tm_stages=(3, 4), small_stem=True),
 }
 _STAGES = (1, 2, 3, 4)
-torch.fx.wrap('check_input_shape')  # a leaf for FX tracing: shapes are not traceable
+
+
+class TemplateMatchingStage(nn.Sequential):
+    """One ResNet stage: its residual blocks, then a TM block where the model has one.
+
+    The same children (and state_dict keys) as timm's stage, an ``nn.Sequential``; its ``forward`` also collects the
+    TM blocks' class evidence. It is the model's one forward path: eager, TorchScript, FX, ``torch.compile`` and
+    gradient checkpointing all run it.
+    """
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, evidence: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """B x C x H x W -> the stage's output; each TM block appends its B x N class evidence to ``evidence``."""
+        for i, blk in enumerate(self):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = self._forward_checkpointed(i, x, evidence)
+            elif hasattr(blk, 'forward_with_evidence'):  # a TM block: TorchScript resolves this per unrolled block
+                x = blk(x, evidence)
+            else:
+                x = blk(x)
+        return x
+
+    @torch.jit.ignore
+    def _forward_checkpointed(
+        self, index: int, x: torch.Tensor, evidence: Optional[List[torch.Tensor]]
+    ) -> torch.Tensor:
+        blk = self[index]
+        if evidence is not None and isinstance(blk, TemplateMatching):
+            # the evidence is an output of the checkpointed call: with reentrant checkpointing only outputs get gradient
+            x, e = checkpoint(blk.forward_with_evidence, x)
+            evidence.append(e)
+            return x
+        return checkpoint(blk, x)
 
 
 class TemplateMatchingResNet(ResNet):
@@ -93,45 +134,19 @@ class TemplateMatchingResNet(ResNet):
             embedding: What each TM block adds to the features: 'none', 'templates', 'classes' or 'tied'.
             small_stem: A 3x3 stride-1 stem conv and no max-pool (output stride 8) for 32-64 px images.
         """
-
-        # Checked before anything is built, each error naming its parameter: a wrong type would otherwise fail deep
-        # in torch (or be truncated, 2.5 templates per class), a non-finite init would give a model of NaN outputs.
-        # The TM options not named here reach TemplateMatching as they are, which checks its own.
-        check_int('num_classes', num_classes, 0)
-        check_int('templates_per_class', templates_per_class, 1)
-        if template_classes is not None:
-            check_int('template_classes', template_classes, 1)
-        check_finite('temperature_init', temperature_init, positive=True)
-        check_finite('evidence_weight_init', evidence_weight_init)
-        if isinstance(tm_stages, str) or not isinstance(tm_stages, Sequence):
-            raise TypeError(f'tm_stages must be a sequence of stages from {_STAGES} (e.g. (3, 4)), got {tm_stages!r}')
-        tm_stages = tuple(tm_stages)
-        if any(isinstance(s, bool) or not isinstance(s, int) for s in tm_stages):  # 3.0 == 3 would pass below
-            raise TypeError(f'tm_stages must be integer stages from {_STAGES}, got {tm_stages!r}')
-        bad = [s for s in tm_stages if s not in _STAGES]
-        if bad or len(set(tm_stages)) != len(tm_stages):
-            raise ValueError(f'tm_stages must be distinct stages from {_STAGES}, got {tm_stages}')
-        if num_classes > 0 and template_classes not in (None, num_classes):
-            raise ValueError(
-                f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
-            )
+        tm_stages = _check_tm_args(
+            num_classes, tm_stages, templates_per_class, template_classes, temperature_init, evidence_weight_init
+        )
         super().__init__(block, layers, num_classes=num_classes, device=device, dtype=dtype, **kwargs)
         self.in_chans = kwargs.get('in_chans', 3)  # timm < 1.0.25's ResNet does not keep it
         if small_stem:
-            if 'stem_type' in kwargs and kwargs['stem_type']:
-                raise ValueError('small_stem replaces the stem: do not pass stem_type with it')
-            stem_width = self.conv1.out_channels
-            self.conv1 = nn.Conv2d(
-                self.in_chans, stem_width, 3, stride=1, padding=1, bias=False, device=device, dtype=dtype
-            )
-            nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
-            self.maxpool = nn.Identity()
-            for info in self.feature_info:
-                info['reduction'] = max(1, info['reduction'] // 4)
+            self._use_small_stem(kwargs.get('stem_type'), device, dtype)
         self.small_stem = small_stem
         self.tm_stages = tuple(sorted(tm_stages))
         self.templates_per_class = templates_per_class
         template_classes = num_classes or template_classes or 1000
+        for stage in _STAGES:  # timm's nn.Sequential stages become stages that collect the class evidence
+            setattr(self, f'layer{stage}', TemplateMatchingStage(*getattr(self, f'layer{stage}')))
         for stage in self.tm_stages:
             getattr(self, f'layer{stage}').append(
                 TemplateMatching(
@@ -147,6 +162,19 @@ class TemplateMatchingResNet(ResNet):
                     dtype=dtype,
                 )
             )
+
+    def _use_small_stem(self, stem_type: Optional[str], device=None, dtype=None) -> None:
+        """A 3x3 stride-1 stem conv and no max-pool: the feature maps are 4x larger (output stride 8)."""
+        if stem_type:
+            raise ValueError('small_stem replaces the stem: do not pass stem_type with it')
+        stem_width = self.conv1.out_channels
+        self.conv1 = nn.Conv2d(
+            self.in_chans, stem_width, 3, stride=1, padding=1, bias=False, device=device, dtype=dtype
+        )
+        nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+        self.maxpool = nn.Identity()
+        for info in self.feature_info:
+            info['reduction'] = max(1, info['reduction'] // 4)
 
     @torch.jit.ignore
     def tm_blocks(self) -> Dict[str, TemplateMatching]:
@@ -167,64 +195,31 @@ class TemplateMatchingResNet(ResNet):
             for tm in self.tm_blocks().values():
                 tm.reset_classes(num_classes)
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        super().set_grad_checkpointing(enable)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            stage.grad_checkpointing = enable
+
+    def _forward_stages(self, x: torch.Tensor, evidence: Optional[List[torch.Tensor]]) -> torch.Tensor:
+        """B x C_in x H x W -> B x num_features x H/32 x W/32; TM blocks append their evidence to ``evidence``."""
         check_input_shape(x, self.in_chans, 'TemplateMatchingResNet', 'in_chans')
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.act1(x)
-        return self.maxpool(x)
+        x = self.maxpool(x)
+        x = self.layer1(x, evidence)
+        x = self.layer2(x, evidence)
+        x = self.layer3(x, evidence)
+        return self.layer4(x, evidence)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B x C_in x H x W -> B x num_features x H/32 x W/32 (TM blocks run, evidence is not computed)."""
-        x = self._stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
-
-    @torch.jit.ignore
-    def _forward_blocks_checkpointed(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        evidence = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for blk in stage:
-                if isinstance(blk, TemplateMatching):
-                    x, e = checkpoint(blk.forward_with_evidence, x)
-                    evidence.append(e)
-                else:
-                    x = checkpoint(blk, x)
-        return x, evidence
+        return self._forward_stages(x, None)
 
     def forward_features_with_evidence(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Returns (B x num_features x h x w features, B x N summed weighted class evidence or None)."""
-        x = self._stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x, evidence = self._forward_blocks_checkpointed(x)
-        else:
-            # explicit per-stage loops: TorchScript unrolls each and resolves hasattr statically (its isinstance
-            # does not tell two TemplateMatching blocks of different widths apart reliably)
-            evidence: List[torch.Tensor] = []
-            for blk in self.layer1:
-                if hasattr(blk, 'forward_with_evidence'):
-                    x = blk(x, evidence)  # appends its class evidence
-                else:
-                    x = blk(x)
-            for blk in self.layer2:
-                if hasattr(blk, 'forward_with_evidence'):
-                    x = blk(x, evidence)  # appends its class evidence
-                else:
-                    x = blk(x)
-            for blk in self.layer3:
-                if hasattr(blk, 'forward_with_evidence'):
-                    x = blk(x, evidence)  # appends its class evidence
-                else:
-                    x = blk(x)
-            for blk in self.layer4:
-                if hasattr(blk, 'forward_with_evidence'):
-                    x = blk(x, evidence)  # appends its class evidence
-                else:
-                    x = blk(x)
+        evidence: List[torch.Tensor] = []
+        x = self._forward_stages(x, evidence)
         if len(evidence) == 0:
             return x, None
         return x, torch.stack(evidence).sum(dim=0)
@@ -278,6 +273,41 @@ class TemplateMatchingResNet(ResNet):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def _check_tm_args(
+    num_classes: Any,
+    tm_stages: Any,
+    templates_per_class: Any,
+    template_classes: Any,
+    temperature_init: Any,
+    evidence_weight_init: Any,
+) -> Tuple[int, ...]:
+    """The TM arguments of a TemplateMatchingResNet checked before anything is built; returns ``tm_stages`` as a tuple.
+
+    Each error names its parameter: a wrong type would otherwise fail deep in torch (or be truncated, 2.5 templates
+    per class), a non-finite init would give a model of NaN outputs. The TM options not named here reach
+    TemplateMatching as they are, which checks its own.
+    """
+    check_int('num_classes', num_classes, 0)
+    check_int('templates_per_class', templates_per_class, 1)
+    if template_classes is not None:
+        check_int('template_classes', template_classes, 1)
+    check_finite('temperature_init', temperature_init, positive=True)
+    check_finite('evidence_weight_init', evidence_weight_init)
+    if isinstance(tm_stages, str) or not isinstance(tm_stages, Sequence):
+        raise TypeError(f'tm_stages must be a sequence of stages from {_STAGES} (e.g. (3, 4)), got {tm_stages!r}')
+    tm_stages = tuple(tm_stages)
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in tm_stages):  # 3.0 == 3 would pass below
+        raise TypeError(f'tm_stages must be integer stages from {_STAGES}, got {tm_stages!r}')
+    bad = [s for s in tm_stages if s not in _STAGES]
+    if bad or len(set(tm_stages)) != len(tm_stages):
+        raise ValueError(f'tm_stages must be distinct stages from {_STAGES}, got {tm_stages}')
+    if num_classes > 0 and template_classes not in (None, num_classes):
+        raise ValueError(
+            f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
+        )
+    return tm_stages
+
+
 def _tm_keys(state: Dict[str, Any], blocks: Dict[str, TemplateMatching]) -> List[str]:
     """The keys of a model's ``state`` (its state_dict) that belong to its TM ``blocks`` (by module name)."""
     prefixes = tuple(name + '.' for name in blocks)
@@ -303,8 +333,7 @@ def _state_dict_errors(
     if not (missing or unexpected or mismatched):
         return ''
     model_tm = sorted(model.tm_blocks())
-    # TM blocks of the checkpoint: every block has a templates conv
-    source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
+    source_tm = _source_tm_blocks(state_dict)
     tm_prefixes = [f'{p}.' for p in model_tm + source_tm]
     tm_leaves = {k for e in EMBEDDINGS for k in TemplateMatching(1, 1, embedding=e).state_dict()}
 
@@ -367,19 +396,39 @@ def convert_resnet_state_dict(
     """
     if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
         state_dict = state_dict['state_dict']
-    model_sd = model.state_dict()
-    blocks = model.tm_blocks()
-    tm_keys = _tm_keys(model_sd, blocks)
-    # every TM block has a templates conv: the checkpoint's blocks are found by it
-    source_tm = sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
     source_fc = state_dict.get('fc.weight')
     source_classes = source_fc.shape[0] if isinstance(source_fc, torch.Tensor) and source_fc.dim() == 2 else None
-    # the classes the templates belong to (template_classes for an embedding model)
-    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
     subject = source[:1].upper() + source[1:]  # sentence case
+    problems = _tm_config_problems(state_dict, model, source_classes)
+    if problems:
+        raise RuntimeError(
+            f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
+        )
+    out, refreshed = _fill_tm_entries(state_dict, model, source_classes, new_head)
+    if refreshed:
+        blocks = model.tm_blocks()
+        model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
+        _logger.warning(
+            f'{subject} is for {source_classes} classes, this model for {model_classes}: its class-tied entries '
+            'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
+        )
+    return out
 
-    # A TM checkpoint of another TM configuration is refused: filling the blocks it lacks with fresh ones, or
-    # templates of another count per class with fresh ones, would load "fine" and predict otherwise.
+
+def _source_tm_blocks(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """The TM blocks of a state_dict by module name: every TM block has a templates conv."""
+    return sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
+
+
+def _tm_config_problems(
+    state_dict: Dict[str, torch.Tensor], model: TemplateMatchingResNet, source_classes: Optional[int]
+) -> List[str]:
+    """What differs between a tm_resnet state_dict's TM configuration and ``model``'s (empty for a ResNet's).
+
+    Such a checkpoint is refused: filling the blocks it lacks with fresh ones, or templates of another count per class
+    with fresh ones, would load "fine" and predict otherwise.
+    """
+    model_sd, blocks, source_tm = model.state_dict(), model.tm_blocks(), _source_tm_blocks(state_dict)
     problems = []
     if source_tm and source_tm != sorted(blocks):
         stage_of = {f'layer{s}': s for s in _STAGES}
@@ -389,56 +438,70 @@ def convert_resnet_state_dict(
             problems.append(f'{where}: create the model with tm_stages={stages}')
         else:  # the same stages at other positions: another depth
             problems.append(f'{where}: create the model (architecture) that the checkpoint was made with')
-    for name in [n for n in source_tm if n in blocks]:
+    shared = [n for n in source_tm if n in blocks]
+    for name in shared:
         # num_batches_tracked: older checkpoints lack it, and BatchNorm loads them without it
         own = {k for k in model_sd if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
         theirs = {k for k in state_dict if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
         if own != theirs:
+            differs = ' and '.join(
+                f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
+            )
             problems.append(
-                f'its TM block {name} '
-                + ' and '.join(
-                    f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
-                )
-                + ' (another embedding?): create the model with the TM options (e.g. embedding) that the checkpoint '
-                f'was made with; this model has embedding={blocks[name].embedding!r}'
+                f'its TM block {name} {differs} (another embedding?): create the model with the TM options (e.g. '
+                f'embedding) that the checkpoint was made with; this model has embedding={blocks[name].embedding!r}'
             )
             break
-    for name in [n for n in source_tm if n in blocks]:
-        count, block = state_dict[f'{name}.templates.weight'].shape[0], blocks[name]
-        if source_classes is None:  # no head: its class count is unknown, so its template count must be this one
-            if count != block.num_templates:
-                problems.append(
-                    f'it has no head (fc.weight) and {count} templates in {name}, this model {block.num_templates} '
-                    f'({block.num_classes} classes x {block.templates_per_class} per class): create the model with '
-                    "num_classes=0 and the checkpoint's template_classes and templates_per_class"
-                )
-                break
-        elif count % source_classes:
-            problems.append(
-                f'its {count} templates in {name} are no whole number per class of its {source_classes} classes '
-                '(fc.weight): it is not a tm_resnet checkpoint'
-            )
-            break
-        elif count // source_classes != block.templates_per_class:
-            per_class = count // source_classes
-            problems.append(
-                f'it has {per_class} templates per class ({count} for its {source_classes} classes in {name}), '
-                f'this model {block.templates_per_class}: create the model with templates_per_class={per_class}'
-            )
-            break
-    if problems:
-        raise RuntimeError(
-            f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
+    for name in shared:
+        problem = _template_count_problem(
+            name, state_dict[f'{name}.templates.weight'].shape[0], blocks[name], source_classes
         )
+        if problem:
+            problems.append(problem)
+            break
+    return problems
 
+
+def _template_count_problem(
+    name: str, count: int, block: TemplateMatching, source_classes: Optional[int]
+) -> Optional[str]:
+    """Why ``count`` templates in the checkpoint's block ``name`` do not fit ``block``, or None."""
+    if source_classes is None:  # no head: its class count is unknown, so its template count must be this one
+        if count == block.num_templates:
+            return None
+        return (
+            f'it has no head (fc.weight) and {count} templates in {name}, this model {block.num_templates} '
+            f'({block.num_classes} classes x {block.templates_per_class} per class): create the model with '
+            "num_classes=0 and the checkpoint's template_classes and templates_per_class"
+        )
+    if count % source_classes:
+        return (
+            f'its {count} templates in {name} are no whole number per class of its {source_classes} classes '
+            '(fc.weight): it is not a tm_resnet checkpoint'
+        )
+    if count // source_classes != block.templates_per_class:
+        per_class = count // source_classes
+        return (
+            f'it has {per_class} templates per class ({count} for its {source_classes} classes in {name}), '
+            f'this model {block.templates_per_class}: create the model with templates_per_class={per_class}'
+        )
+    return None
+
+
+def _fill_tm_entries(
+    state_dict: Dict[str, torch.Tensor], model: TemplateMatchingResNet, source_classes: Optional[int], new_head: bool
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """(``state_dict`` with ``model``'s fresh TM entries where it has none or they are for another class count,
+    the keys it had that were re-initialized). A ResNet's whose head fits gets TM blocks at identity."""
+    model_sd, blocks = model.state_dict(), model.tm_blocks()
+    # the classes the templates belong to (template_classes for an embedding model)
+    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
     class_change = source_classes is not None and model_classes > 0 and source_classes != model_classes
     same_head = source_classes is not None and model.num_classes > 0 and source_classes == model.num_classes
-    exact = not source_tm and (same_head or model.num_classes == 0)
-
+    exact = not _source_tm_blocks(state_dict) and (same_head or model.num_classes == 0)
     identity_keys = {f'{name}.{k}' for name, tm in blocks.items() for k in tm.identity_state_keys()}
-    out = dict(state_dict)
-    refreshed = []
-    for k in tm_keys:
+    out, refreshed = dict(state_dict), []
+    for k in _tm_keys(model_sd, blocks):
         src = state_dict.get(k)
         if src is not None and (src.shape == model_sd[k].shape or not class_change):
             continue  # a mis-shaped entry with the same class count is load_state_dict's to report
@@ -453,12 +516,7 @@ def convert_resnet_state_dict(
             if k in state_dict and state_dict[k].shape != model_sd[k].shape:
                 out[k] = model_sd[k].detach().clone()
                 refreshed.append(k)
-    if refreshed:
-        _logger.warning(
-            f'{subject} is for {source_classes} classes, this model for {model_classes}: its class-tied entries '
-            'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
-        )
-    return out
+    return out, refreshed
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -531,9 +589,18 @@ def _cfg(variant: str, **kwargs) -> Dict[str, Any]:
     }
 
 
-def _from_resnet_cfg(variant: str, resnet_tag: str) -> Dict[str, Any]:
-    """Pretrained cfg for timm's ``resnetX.<tag>`` ImageNet weights loaded into ``tm_resnetX`` (TM at identity)."""
+def _from_resnet_cfg(variant: str, resnet_tag: str) -> Optional[Dict[str, Any]]:
+    """Pretrained cfg for timm's ``resnetX.<tag>`` ImageNet weights loaded into ``tm_resnetX`` (TM at identity).
+
+    None, with a warning, when this timm has no such tag: the other tags and the models still register.
+    """
     src = get_pretrained_cfg(f'{variant[3:]}.{resnet_tag}')
+    if src is None:
+        warnings.warn(
+            f'timm {timm_version} has no {variant[3:]}.{resnet_tag} weights: {variant}.{resnet_tag} is left out',
+            stacklevel=2,
+        )
+        return None
     return _cfg(
         variant,
         hf_hub_id=src.hf_hub_id,
@@ -550,7 +617,7 @@ def _from_resnet_cfg(variant: str, resnet_tag: str) -> Dict[str, Any]:
 
 
 # timm's default ImageNet tag for each ResNet, plus torchvision's where timm hosts it
-_RESNET_TAGS = {
+RESNET_TAGS = {
     'tm_resnet18': ('a1_in1k', 'tv_in1k'),
     'tm_resnet26': ('bt_in1k',),
     'tm_resnet34': ('a1_in1k', 'tv_in1k'),
@@ -559,11 +626,16 @@ _RESNET_TAGS = {
     'tm_resnet152': ('a1h_in1k', 'tv_in1k'),
 }
 
+
+def _resnet_weight_cfgs() -> Dict[str, Dict[str, Any]]:
+    """``tm_resnetX.<tag>`` cfgs for the ``RESNET_TAGS`` this timm has (the first listed is the default)."""
+    cfgs = {f'{v}.{tag}': _from_resnet_cfg(v, tag) for v, tags in RESNET_TAGS.items() for tag in tags}
+    return {name: cfg for name, cfg in cfgs.items() if cfg is not None}
+
+
 default_cfgs = generate_default_cfgs(
     {
-        **{
-            f'{variant}.{tag}': _from_resnet_cfg(variant, tag) for variant, tags in _RESNET_TAGS.items() for tag in tags
-        },
+        **_resnet_weight_cfgs(),
         'tm_resnet18_small': _cfg('tm_resnet18_small', input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0),
         # TM-trained weights under timm_tm.pretrained.HUB_NAMESPACE (after the defaults: never a default tag)
         **{name: _cfg(name.split('.')[0], **cfg) for name, cfg in tm_weight_cfgs().items()},
