@@ -1,4 +1,14 @@
-"""Shared fixtures. Real MNIST digits ship with the package (timm_tm/assets); TIMM_TM_MNIST points elsewhere."""
+"""Shared fixtures, and the test selection by marker (declared in pyproject.toml).
+
+Real MNIST digits ship with the package (timm_tm/assets); TIMM_TM_MNIST points elsewhere.
+
+Markers: ``slow`` (trains for epochs; deselect with ``-m "not slow"``), ``timm_suite`` (timm's own test_models.py on
+the tm_* models, fast subset), and three kinds that run only when selected, each skipped with its reason otherwise:
+``inductor`` (``-m inductor``: inductor compiles C++ for minutes on a CPU machine), ``full_timm_suite``
+(``-m full_timm_suite``: the rest of timm's test_models.py parametrizations) and ``train_script`` (timm's train.py,
+validate.py, benchmark.py; they need ``--train-py PATH``, or TIMM_TRAIN_PY, since the scripts are not in timm's
+wheel, and run whenever it is given).
+"""
 
 import os
 from pathlib import Path
@@ -36,6 +46,41 @@ def tm_at_identity(model: torch.nn.Module) -> bool:
     blocks = [m for m in model.modules() if isinstance(m, TemplateMatching)]
     assert blocks, 'no TM blocks: the check would prove nothing'
     return all(not tm.state_dict()[k].any() for tm in blocks for k in tm.identity_state_keys())
+
+
+# marker -> why its tests are skipped unless ``-m`` names it
+OPT_IN_MARKERS = {
+    'inductor': 'inductor compiles C++ for minutes on a small CPU machine: select it with -m inductor',
+    'full_timm_suite': "the rest of timm's test_models.py on tm_* (slow): select it with -m full_timm_suite",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        '--train-py',
+        default=os.environ.get('TIMM_TRAIN_PY'),
+        help="timm's train.py (validate.py and benchmark.py beside it) for the train_script tests; "
+        'default: $TIMM_TRAIN_PY',
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    selected = config.getoption('markexpr') or ''
+    for item in items:
+        for marker, reason in OPT_IN_MARKERS.items():
+            if marker in item.keywords and marker not in selected:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope='session')
+def train_py(pytestconfig) -> Path:
+    """timm's train.py (``--train-py`` / TIMM_TRAIN_PY); the test skips without it."""
+    path = pytestconfig.getoption('train_py')
+    if not path:
+        pytest.skip("timm's train.py is not given: pass --train-py PATH (or set TIMM_TRAIN_PY)")
+    if not Path(path).is_file():
+        pytest.fail(f'--train-py / TIMM_TRAIN_PY: {path} is not a file')
+    return Path(path)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ weights) wherever a fresh block, being the identity, would hide a bug.
 """
 
 import copy
-import os
 import warnings
 
 import pytest
@@ -427,10 +426,7 @@ def test_torch_compile_graph_capture():
         torch.testing.assert_close(p.grad, ref[name.replace('_orig_mod.', '')].grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    os.environ.get('TIMM_TM_TEST_INDUCTOR') != '1',
-    reason='inductor compiles C++ for minutes on a small CPU machine; set TIMM_TM_TEST_INDUCTOR=1 to run it',
-)
+@pytest.mark.inductor
 def test_torch_compile_inductor():
     model = _create('tm_resnet18_small', num_classes=10, templates_per_class=2, layers=(1, 1, 1, 1))
     try:

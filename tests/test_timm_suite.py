@@ -7,7 +7,7 @@ parametrizations include the tm_* models, and :class:`TmModelsOnly` keeps the tm
 
 Left out, always: ``test_model_load_pretrained`` / ``test_model_features_pretrained`` (they download from the
 Hugging Face Hub; tests/test_exactness.py loads ResNet weights through timm's loader offline instead).
-Left out to keep the suite fast (``TIMM_TM_FULL_TIMM_SUITE=1`` runs them too): the FX tests
+Left out to keep the suite fast (``pytest -m full_timm_suite`` runs them too): the FX tests
 (``test_model_forward_fx``, ``test_model_backward_fx``, ``test_model_forward_fx_torchscript``) of tm_resnet101 and
 tm_resnet152, ``test_model_backward`` of tm_resnet152, and ``test_model_default_cfgs`` of their ``tv_in1k`` tags:
 deeper stacks of the blocks the smaller models test. Every tm_* model still runs the forward, cfg, torchscript and
@@ -40,7 +40,7 @@ CORE_TESTS = {
 
 
 def _left_out(test: str, model_name: str) -> bool:
-    """Fast subset: True for the parametrizations skipped unless TIMM_TM_FULL_TIMM_SUITE=1 (module docstring)."""
+    """Fast subset: True for the parametrizations that only the full_timm_suite test runs (module docstring)."""
     arch, _, tag = model_name.partition('.')
     if test in FX_TESTS:
         return arch in BIG
@@ -116,10 +116,19 @@ def _timm_tests_dir() -> Path:
 @pytest.mark.timm_suite
 @pytest.mark.timeout(1800)
 def test_timm_model_tests_pass_on_tm_models(tmp_path):
+    _run_timm_model_tests(tmp_path, full=False)
+
+
+@pytest.mark.full_timm_suite
+@pytest.mark.timeout(7200)
+def test_all_timm_model_tests_pass_on_tm_models(tmp_path):
+    _run_timm_model_tests(tmp_path, full=True)
+
+
+def _run_timm_model_tests(tmp_path: Path, full: bool) -> None:
     import timm
 
     timm_dir = _timm_tests_dir()
-    full = os.environ.get('TIMM_TM_FULL_TIMM_SUITE') == '1'
     report = tmp_path / 'outcomes.json'
     code = (
         'import sys; import timm_tm; import pytest; '  # timm_tm first: registers tm_* before timm's module-level lists
@@ -129,7 +138,12 @@ def test_timm_model_tests_pass_on_tm_models(tmp_path):
     args = ['tests/test_models.py', '-q', '-p', 'no:cacheprovider', '-o', 'addopts=', '-rfEs']
     env = dict(os.environ, HF_HUB_OFFLINE='1')
     result = subprocess.run(
-        [sys.executable, '-c', code, *args], cwd=timm_dir, env=env, capture_output=True, text=True, timeout=1700
+        [sys.executable, '-c', code, *args],
+        cwd=timm_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=7000 if full else 1700,
     )
     tail = result.stdout[-6000:] + result.stderr[-2000:]
     assert report.is_file(), f'timm test run did not finish (exit {result.returncode}):\n{tail}'

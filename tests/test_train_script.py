@@ -1,7 +1,8 @@
 """timm's own scripts on tm_* models: ``train.py --device-modules timm_tm`` and ``timm-tm run SCRIPT.py``.
 
-The end-to-end tests need timm's ``train.py`` (not in timm's wheel): point ``TIMM_TRAIN_PY`` at it (validate.py
-and benchmark.py are taken from the same folder). Without it they skip; the ``timm-tm run`` tests always run.
+The end-to-end tests (marker ``train_script``) need timm's ``train.py``, which is not in timm's wheel:
+``pytest --train-py PATH`` (or TIMM_TRAIN_PY; validate.py and benchmark.py are taken from the same folder). Without
+it they skip; the ``timm-tm run`` tests always run.
 """
 
 import csv
@@ -11,16 +12,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from timm_tm.scripts import main as run_main
-
-TRAIN_PY = os.environ.get('TIMM_TRAIN_PY')
-needs_train_py = pytest.mark.skipif(not TRAIN_PY, reason="TIMM_TRAIN_PY (path to timm's train.py) is not set")
-
 
 # --- timm-tm run: always on --------------------------------------------------------------------------------------
 
@@ -95,7 +91,7 @@ def test_run_without_a_script_prints_usage(capsys):
     assert run_main(['--help']) == 0
 
 
-# --- the real train.py, validate.py, benchmark.py: TIMM_TRAIN_PY --------------------------------------------------
+# --- the real train.py, validate.py, benchmark.py: --train-py --------------------------------------------------------
 
 
 @pytest.fixture(scope='module')
@@ -120,12 +116,12 @@ def _run(cmd, cwd) -> str:
 
 
 @pytest.fixture(scope='module')
-def trained(mnist_folder, tmp_path_factory):
+def trained(train_py, mnist_folder, tmp_path_factory):
     """Three short epochs of train.py on tm_resnet18_small: (experiment folder, its output)."""
     out = tmp_path_factory.mktemp('train_out')
     # a recipe for small grey digits: AdamW, mild crops, no flips, per-step logging to read the loss curve
     cmd = [
-        sys.executable, TRAIN_PY, str(mnist_folder), '--device-modules', 'timm_tm', '--model', 'tm_resnet18_small',
+        sys.executable, str(train_py), str(mnist_folder), '--device-modules', 'timm_tm', '--model', 'tm_resnet18_small',
         '--num-classes', '10', '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '3', '-b', '10',
         '--opt', 'adamw', '--lr', '2e-3', '--warmup-epochs', '0', '--scale', '0.7', '1.0', '--hflip', '0',
         '--workers', '0', '--val-split', 'validation', '--log-interval', '1', '--output', str(out),
@@ -134,7 +130,7 @@ def trained(mnist_folder, tmp_path_factory):
     return out / 'e2e', _run(cmd, cwd=out)
 
 
-@needs_train_py
+@pytest.mark.train_script
 def test_train_py_trains_tm_resnet_to_a_falling_loss(trained):
     folder, output = trained
     losses = [float(v) for v in re.findall(r'Train: 0 \[\s*\d+/\d+ .*?Loss:\s*([0-9.eE+-]+)', output)]
@@ -151,10 +147,10 @@ def test_train_py_trains_tm_resnet_to_a_falling_loss(trained):
     assert (folder / 'last.pth.tar').is_file() and (folder / 'model_best.pth.tar').is_file()
 
 
-@needs_train_py
-def test_validate_py_through_timm_tm_run_reproduces_train_py_eval(trained, mnist_folder, tmp_path):
+@pytest.mark.train_script
+def test_validate_py_through_timm_tm_run_reproduces_train_py_eval(train_py, trained, mnist_folder, tmp_path):
     folder, _ = trained
-    validate_py = Path(TRAIN_PY).with_name('validate.py')
+    validate_py = train_py.with_name('validate.py')
     results = tmp_path / 'validate.csv'
     cmd = [
         sys.executable, '-m', 'timm_tm', 'run', str(validate_py), str(mnist_folder), '--split', 'validation',
@@ -171,9 +167,9 @@ def test_validate_py_through_timm_tm_run_reproduces_train_py_eval(trained, mnist
     assert float(validated['top1']) == pytest.approx(float(summary['eval_top1']), abs=1e-3)
 
 
-@needs_train_py
-def test_benchmark_py_through_timm_tm_run(tmp_path):
-    benchmark_py = Path(TRAIN_PY).with_name('benchmark.py')
+@pytest.mark.train_script
+def test_benchmark_py_through_timm_tm_run(train_py, tmp_path):
+    benchmark_py = train_py.with_name('benchmark.py')
     results = tmp_path / 'bench.csv'
     cmd = [
         sys.executable, '-m', 'timm_tm', 'run', str(benchmark_py), '--model', 'tm_resnet18_small',

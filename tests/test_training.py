@@ -9,7 +9,6 @@ DDP through torchrun is in test_ddp.py; the real train.py in test_train_script.p
 
 import argparse
 import copy
-import os
 from contextlib import suppress
 from functools import partial
 
@@ -211,13 +210,11 @@ def test_sync_bn_converts_the_tm_batchnorm(image_folder, convert):
         torch.testing.assert_close(synced.eval()(x), model(x))
 
 
-@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
+@pytest.mark.parametrize('backend', ['aot_eager', pytest.param('inductor', marks=pytest.mark.inductor)])
 def test_torch_compile_trains_like_eager(image_folder, backend):
     """--torchcompile: the compiled model (one graph, no breaks) gives eager's logits and gradients."""
     if not hasattr(torch, 'compile') or not torch._dynamo.is_dynamo_supported():
         pytest.skip('torch.compile is not supported on this platform')
-    if backend == 'inductor' and not os.environ.get('TIMM_TM_TEST_INDUCTOR'):
-        pytest.skip('inductor compiles C++ for minutes on CPU: set TIMM_TM_TEST_INDUCTOR=1 to run')
     torch._dynamo.reset()
     model = _model().train()
     compiled_model = copy.deepcopy(model)
