@@ -81,7 +81,7 @@ def test_run_refuses_what_is_not_a_timm_script(tmp_path, capsys, content, expect
         script.write_text(content)
     assert run_main([str(script), '--help']) == 2
     err = capsys.readouterr().err.strip()
-    assert expected in err and str(script) in err
+    assert expected in err and str(script) in err and err.startswith('timm-tm run: error: ')
     assert len(err.splitlines()) == 1
 
 

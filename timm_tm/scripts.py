@@ -39,31 +39,29 @@ def _check_script(script: str) -> Optional[str]:
     """Why ``script`` cannot be run (one line), or None."""
     path = Path(script)
     if not path.exists():
-        return f'timm-tm run: script not found: {script}'
+        return f'timm-tm run: error: script not found: {script}'
     if not path.is_file():
-        return f'timm-tm run: not a file: {script}'
+        return f'timm-tm run: error: not a file: {script}'
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except OSError as e:
-        return f'timm-tm run: cannot read {script}: {e.strerror or e}'
+        return f'timm-tm run: error: cannot read {script}: {e.strerror or e}'
     except (SyntaxError, ValueError) as e:
-        return f'timm-tm run: {script} is not a Python script ({type(e).__name__}: {getattr(e, "msg", e)})'
+        return f'timm-tm run: error: {script} is not a Python script ({type(e).__name__}: {getattr(e, "msg", e)})'
     if not _imports_timm(tree):
         return (
-            f'timm-tm run: {script} is not a timm script (it does not import timm); '
+            f'timm-tm run: error: {script} is not a timm script (it does not import timm); '
             "expected one of timm's scripts such as train.py, validate.py or benchmark.py"
         )
     return None
 
 
 def run_script(script: str, args: List[str]) -> int:
-    """Import timm_tm, run ``script`` as ``__main__`` with ``args``; returns its exit status.
+    """Run ``script`` as ``__main__`` with ``args`` and the tm_* models registered; returns its exit status.
 
     ``sys.argv`` and ``sys.path`` are restored afterwards.
     """
-    import timm_tm  # noqa: F401  (registers the tm_* models before the script builds one)
-
-    path = Path(script)
+    path = Path(script)  # the tm_* models are registered: importing this module imported timm_tm
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(path)] + list(args)
     sys.path.insert(0, str(path.resolve().parent))
