@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-import timm_tm.hub
+import timm_tm.export
 import timm_tm.visualize
 from timm_tm.checkpoints import (
     CheckpointError,
@@ -32,7 +32,7 @@ def _ema(sd):
 
 
 def test_export_and_visualize_read_checkpoints_with_this_module():
-    assert timm_tm.hub.load_checkpoint_file is read_checkpoint
+    assert timm_tm.export.read_checkpoint is read_checkpoint
     assert timm_tm.visualize.read_checkpoint is read_checkpoint
 
 

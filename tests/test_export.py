@@ -1,14 +1,11 @@
-"""``timm-tm export`` / ``timm-tm push``: a short real training's checkpoint, exported, loaded back three ways.
+"""``timm-tm export``: a short real training's checkpoint, exported, loaded back three ways.
 
-The checkpoint is written by timm's own CheckpointSaver (train.py's format: 'state_dict', 'state_dict_ema', 'args',
-...) after a few steps of tm_resnet18_small on scikit-learn's handwritten digits, with train.py's summary.csv.
-Loading back goes through timm's unmocked loader: ``local-dir:``, ``hf-hub:`` and the pretrained tag, the last two
-from an offline Hugging Face cache laid out as a download leaves it (``populate_hf_cache``).
+The run and its export come from ``export_fixtures``. Loading back goes through timm's unmocked loader:
+``local-dir:``, ``hf-hub:`` and the pretrained tag, the last two from an offline Hugging Face cache laid out as a
+download leaves it (``offline_hub.populate_hf_cache``).
 """
 
-import argparse
 import csv
-import http.server
 import io
 import json
 import os
@@ -17,92 +14,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 import yaml
-from test_pretrained import _corrupt, offline_hf_cache, populate_hf_cache
+from export_fixtures import SIZE, TAG
+from offline_hub import corrupt_file, populate_hf_cache
 
-from timm_tm.hub import export_main, load_checkpoint_file, push_main
+from timm_tm.checkpoints import read_checkpoint
+from timm_tm.cli import main as timm_tm_main
+from timm_tm.export import main as export_main
 from timm_tm.pretrained import WeightsFileError, tm_hub_id
 
-TAG = 'tm_resnet18_small.mnist'  # the TM tag these digits weights are exported under (10 classes, default kwargs)
-SIZE = 8  # digits are 8 x 8 px; tm_resnet18_small's output stride is 8
-
-
-def _digits(size: int = SIZE):
-    from timm_tm.data import load_digits_arrays
-
-    x, y = load_digits_arrays()
-    imgs = torch.from_numpy(x).float().div(255).unsqueeze(1).repeat(1, 3, 1, 1)
-    if size != 8:
-        imgs = F.interpolate(imgs, size=size, mode='bilinear', align_corners=False)
-    return (imgs - 0.5) / 0.5, torch.from_numpy(y)
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    """A short real training, saved as timm train.py saves it: (output dir, val images, model, ema model)."""
-    from timm.optim import create_optimizer_v2
-    from timm.utils import CheckpointSaver, ModelEmaV3, accuracy, update_summary
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp('train')
-    images, labels = _digits()
-    x_train, y_train, x_val, y_val = images[:1500], labels[:1500], images[1500:], labels[1500:]
-    data_dir = out / 'digits'
-    for c in range(10):  # train.py's ImageFolder layout: class folders give the label names
-        (data_dir / 'train' / f'digit_{c}').mkdir(parents=True)
-    args = argparse.Namespace(
-        model='tm_resnet18_small', num_classes=10, model_kwargs={}, in_chans=3, img_size=SIZE, input_size=None,
-        mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation='bilinear', epochs=1, opt='adamw', lr=2e-3,
-        weight_decay=0.05, sched='cosine', batch_size=32, model_ema=True, dataset='', data_dir=str(data_dir),
-        train_split='train', val_split='validation', gp=None, bn_eps=None, class_map='',
-    )  # fmt: skip
-    model = timm.create_model(args.model, num_classes=10)
-    ema = ModelEmaV3(model, decay=0.8)
-    optimizer = create_optimizer_v2(model, 'adamw', lr=args.lr, weight_decay=args.weight_decay)
-    saver = CheckpointSaver(model, optimizer, args=args, model_ema=ema, checkpoint_dir=str(out), recovery_dir=str(out))
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for step in range(10):
-        idx = torch.randint(0, len(x_train), (args.batch_size,), generator=g)
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        ema.update(model, step=step)
-    model.eval()
-    ema.module.eval()
-    with torch.no_grad():
-        logits = ema.module(x_val)
-    top1, top5 = accuracy(logits, y_val, topk=(1, 5))
-    eval_metrics = {'loss': F.cross_entropy(logits, y_val).item(), 'top1': top1.item(), 'top5': top5.item()}
-    update_summary(0, {'loss': loss.item()}, eval_metrics, filename=str(out / 'summary.csv'), write_header=True)
-    saver.save_checkpoint(0, metric=top1.item())
-    assert (out / 'model_best.pth.tar').is_file()
-    return out, x_val[:8], model, ema.module
-
-
-@pytest.fixture(scope='module')
-def exported(run, tmp_path_factory):
-    out_dir, _, _, _ = run
-    out = tmp_path_factory.mktemp('exports') / TAG
-    ckpt = out_dir / 'model_best.pth.tar'
-    rc = export_main(
-        [str(ckpt), '--out', str(out), '--name', TAG, '--use-ema', '--summary', str(out_dir / 'summary.csv')]
-    )
-    assert rc == 0
-    return out
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    return offline_hf_cache(tmp_path, monkeypatch)
+pytest_plugins = ('export_fixtures', 'offline_hub')  # the run, exported and hf_cache fixtures
 
 
 def _logits(model, x):
@@ -112,10 +38,10 @@ def _logits(model, x):
 
 def test_checkpoint_is_read_weights_only_with_its_ema_and_args(run):
     out_dir, _, model, ema = run
-    sd, meta = load_checkpoint_file(out_dir / 'model_best.pth.tar', use_ema=True)
+    sd, meta = read_checkpoint(out_dir / 'model_best.pth.tar', use_ema=True)
     assert meta['key'] == 'state_dict_ema' and meta['args']['model'] == 'tm_resnet18_small' and meta['epoch'] == 0
     assert all(torch.equal(sd[k], v) for k, v in ema.state_dict().items())
-    sd, meta = load_checkpoint_file(out_dir / 'model_best.pth.tar')
+    sd, meta = read_checkpoint(out_dir / 'model_best.pth.tar')
     assert meta['key'] == 'state_dict' and all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
 
 
@@ -278,7 +204,7 @@ def _killed_export(ckpt: Path, out: Path, sig: str) -> int:
         'import os, signal, sys\n'
         'import timm_tm.model_card\n'
         f'timm_tm.model_card.render_card = lambda *a, **k: os.kill(os.getpid(), signal.{sig})\n'
-        'from timm_tm.hub import export_main\n'
+        'from timm_tm.export import main as export_main\n'
         f'sys.exit(export_main([{str(ckpt)!r}, "--out", {str(out)!r}]))\n'
     )
     env = dict(os.environ, OMP_NUM_THREADS='1')
@@ -335,13 +261,13 @@ def test_export_errors_name_the_file(run, exported, tmp_path, capsys):
 
     weights = tmp_path / 'model.safetensors'
     weights.write_bytes((exported / 'model.safetensors').read_bytes())
-    _corrupt(weights, 'truncated')
+    corrupt_file(weights, 'truncated')
     assert export_main([str(weights), '--model', 'tm_resnet18_small', '--out', str(tmp_path / 'b')]) == 1
     err = capsys.readouterr().err
     assert str(weights) in err and 'not a valid safetensors file' in err
 
     bare = tmp_path / 'bare.pth'
-    torch.save(load_checkpoint_file(ckpt)[0], bare)
+    torch.save(read_checkpoint(ckpt)[0], bare)
     assert export_main([str(bare), '--model', 'tm_resnet18_small', '--use-ema', '--out', str(tmp_path / 'c')]) == 1
     assert 'no EMA weights' in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -361,7 +287,6 @@ def test_export_input_errors_are_one_line_naming_the_flag_or_file(run, tmp_path,
         ([str(ckpt), '--label-names', str(bad_json)], ['--label-names', str(bad_json), 'JSON']),
         ([str(ckpt), '--summary', str(bad_csv)], ['--summary', str(bad_csv), "'abc'"]),
         ([str(bad_args), '--model', 'tm_resnet18_small'], [str(bad_args), "'args' has type int"]),
-        ([str(ckpt), '--num-classes', '0'], ['--num-classes']),
     ]
     for i, (argv, needles) in enumerate(cases):
         assert export_main([*argv, '--out', str(tmp_path / f'out{i}')]) == 1, argv
@@ -387,10 +312,37 @@ def test_export_input_errors_are_one_line_naming_the_flag_or_file(run, tmp_path,
 def test_export_refuses_names_the_hub_would_not_take(run, tmp_path, capsys, flag, value):
     """--name and --repo are pasted into the card's code snippets and config.json: only Hub names pass."""
     out = tmp_path / 'out'
-    assert export_main([str(run[0] / 'model_best.pth.tar'), '--out', str(out), flag, value]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f'timm-tm export: error: {flag} ') and 'Hub' in err
+    assert timm_tm_main(['export', str(run[0] / 'model_best.pth.tar'), '--out', str(out), flag, value]) == 2
+    line = _usage_error(capsys)
+    assert line.startswith(f'timm-tm export: error: {flag} ') and 'Hub' in line
     assert not out.exists()
+
+
+def _usage_error(capsys) -> str:
+    """The error line of argparse's answer to wrong arguments (usage, then one error line), checked for form."""
+    err = capsys.readouterr().err
+    assert err.startswith('usage: timm-tm export ') and 'Traceback' not in err, err
+    last = err.rstrip('\n').splitlines()[-1]
+    assert last.startswith('timm-tm export: error: '), err
+    return last
+
+
+def test_wrong_arguments_are_refused_before_any_file_is_read(tmp_path, capsys):
+    """``timm-tm export`` exits with status 2 (argparse's usage and error line) for values wrong in themselves, even
+    with a checkpoint that does not exist: the arguments are checked first."""
+    missing = str(tmp_path / 'missing.pth.tar')
+    cases = [
+        (['--num-classes', '0'], '--num-classes 0: must be >= 1'),
+        (['--dataset', ' '], "--dataset ' ': must be a non-empty name on one line"),
+        (['--model-kwargs', 'templates_per_class'], '--model-kwargs: expected key=value with a Python name as key'),
+        (['--name', 'a b'], "--name 'a b': not a valid Hugging Face Hub name"),
+    ]
+    for argv, message in cases:
+        assert timm_tm_main(['export', missing, '--out', str(tmp_path / 'out'), *argv]) == 2, argv
+        assert message in _usage_error(capsys)
+    assert timm_tm_main(['export', missing, '--out', str(tmp_path / 'out')]) == 1  # the same, with right arguments
+    assert 'checkpoint not found' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_local_dir_weights_sha256_that_is_not_a_mapping_is_refused(exported, tmp_path):
@@ -402,7 +354,7 @@ def test_local_dir_weights_sha256_that_is_not_a_mapping_is_refused(exported, tmp
         config = json.loads((folder / 'config.json').read_text())
         config['weights_sha256'] = recorded
         (folder / 'config.json').write_text(json.dumps(config))
-        _corrupt(folder / 'model.safetensors', 'altered')
+        corrupt_file(folder / 'model.safetensors', 'altered')
         with pytest.raises(WeightsFileError, match='weights_sha256') as e:
             timm.create_model(f'local-dir:{folder}', pretrained=True)
         assert str(folder / 'config.json') in str(e.value)
@@ -424,7 +376,7 @@ def test_tampered_local_dir_weights_are_refused(exported, tmp_path):
         folder.mkdir()
         for p in exported.iterdir():
             (folder / p.name).write_bytes(p.read_bytes())
-        _corrupt(folder / 'model.safetensors', how)
+        corrupt_file(folder / 'model.safetensors', how)
         with pytest.raises(WeightsFileError) as e:
             timm.create_model(f'local-dir:{folder}', pretrained=True)
         assert str(folder / 'model.safetensors') in str(e.value)
@@ -432,7 +384,7 @@ def test_tampered_local_dir_weights_are_refused(exported, tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     del config['weights_sha256']
     (folder / 'config.json').write_text(json.dumps(config))
-    _corrupt(folder / 'model.safetensors', 'truncated')
+    corrupt_file(folder / 'model.safetensors', 'truncated')
     with pytest.raises(WeightsFileError, match='not a valid safetensors file'):
         timm.create_model(f'local-dir:{folder}', pretrained=True)
 
@@ -450,166 +402,6 @@ def test_local_dir_with_another_models_weights_names_the_keys(exported, tmp_path
         timm.create_model(f'local-dir:{folder}', pretrained=True)
     assert 'nothing was loaded' in str(e.value)
     assert '"layer1.2.bn1.num_batches_tracked"' in str(e.value) and 'size mismatch for conv1.weight' in str(e.value)
-
-
-# --------------------------------------------------------------------------------------------------------- push
-
-
-def test_push_dry_run_lists_files_sizes_and_destination(exported, monkeypatch, capsys):
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens: any request would fail
-    repo = tm_hub_id(TAG)
-    assert push_main([str(exported), '--repo', repo, '--dry-run', '--revision', 'v1', '--private']) == 0
-    out = capsys.readouterr().out
-    assert f'http://127.0.0.1:9/{repo} (revision v1, private)' in out and 'nothing was sent' in out
-    listed = re.findall(r'^  (\S+)\s+([\d,]+) bytes$', out, flags=re.M)
-    assert listed == [(p.name, f'{p.stat().st_size:,}') for p in sorted(exported.iterdir())]
-
-
-def _export_copy(exported: Path, folder: Path) -> Path:
-    folder.mkdir()
-    for p in exported.iterdir():
-        (folder / p.name).write_bytes(p.read_bytes())
-    return folder
-
-
-def test_push_refuses_broken_folders_and_bad_repo_ids(exported, tmp_path, capsys):
-    folder = _export_copy(exported, tmp_path / 'f')
-    _corrupt(folder / 'model.safetensors', 'altered')
-    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
-    assert 'altered or truncated' in capsys.readouterr().err
-    (folder / 'README.md').unlink()
-    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
-    assert 'missing README.md' in capsys.readouterr().err
-    for repo in ('no-slash', '../evil', 'me/x y', 'me/x"y', 'a/b/c', 'me/-x', 'me/x.git', 'me/x--y', 'me/é'):
-        assert push_main([str(exported), '--repo', repo, '--dry-run']) == 1, repo
-        err = capsys.readouterr().err
-        assert err.startswith('timm-tm push: error: --repo ') and err.count('\n') == 1, err
-
-
-def test_push_uploads_only_what_an_export_writes(exported, tmp_path, capsys):
-    """Dotfiles, pickles under any suffix, and links next to the export are never uploaded, and are named."""
-    secret = tmp_path / 'secret.txt'
-    secret.write_text('not for the Hub')
-    folder = _export_copy(exported, tmp_path / 'f')
-    extras = ['.env', 'id_rsa', 'weights.PT', 'model.joblib', 'w.pth.bak', 'pytorch_model.bin']
-    for name in extras:
-        (folder / name).write_bytes(b'private')
-    (folder / 'link.txt').symlink_to(secret)
-    (folder / 'sub').mkdir()
-    (folder / 'sub' / 'config.json').write_text('{}')
-    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 0
-    out = capsys.readouterr().out
-    listed = re.findall(r'^  (\S+)\s+[\d,]+ bytes$', out, flags=re.M)
-    assert listed == ['README.md', 'config.json', 'model.safetensors']
-    (note,) = [line for line in out.splitlines() if 'not uploading' in line]
-    assert all(name in note for name in [*extras, 'link.txt', 'sub'])
-
-
-def test_push_refuses_an_export_file_that_links_out_of_the_folder(exported, tmp_path, capsys):
-    outside = tmp_path / 'card.md'
-    outside.write_text((exported / 'README.md').read_text())
-    folder = _export_copy(exported, tmp_path / 'f')
-    (folder / 'README.md').unlink()
-    (folder / 'README.md').symlink_to(outside)
-    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
-    err = capsys.readouterr().err
-    assert 'README.md' in err and str(outside) in err and 'outside' in err
-    (folder / 'README.md').unlink()
-    (folder / 'README.md').symlink_to('config.json')  # a link inside the folder sends nothing from elsewhere
-    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 0
-
-
-@pytest.fixture
-def online(tmp_path, monkeypatch):
-    """No token anywhere, online mode, and an endpoint on the loopback (set by each test)."""
-    import huggingface_hub.constants as constants
-
-    for var in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_HUB_OFFLINE'):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
-    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'no_token'))
-    monkeypatch.setattr(constants, 'HF_STORED_TOKENS_PATH', str(tmp_path / 'no_stored_tokens'))
-    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
-    return constants
-
-
-def _one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('timm-tm push: error: '), captured.err
-    return lines[0]
-
-
-def test_push_without_token_or_offline_is_a_one_line_error(exported, online, monkeypatch, capsys):
-    assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
-    assert 'no Hugging Face token' in _one_line_error(capsys)
-    monkeypatch.setattr(online, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
-    assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
-    assert 'HF_HUB_OFFLINE' in _one_line_error(capsys)
-
-
-def test_push_without_network_is_a_one_line_error(exported, online, monkeypatch, capsys):
-    monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
-    assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
-    line = _one_line_error(capsys)
-    assert 'cannot upload to http://127.0.0.1:9/' in line and 'secret' not in line
-
-
-def test_push_refused_by_the_hub_is_a_one_line_error(exported, online, monkeypatch, capsys):
-    class Refuse(http.server.BaseHTTPRequestHandler):
-        def _refuse(self):
-            body = b'{"error": "Invalid credentials in Authorization header"}'
-            self.send_response(401)
-            self.send_header('Content-Type', 'application/json')
-            self.send_header('Content-Length', str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = do_PUT = do_HEAD = _refuse
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(('127.0.0.1', 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(online, 'ENDPOINT', f'http://127.0.0.1:{server.server_port}')
-        monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
-        assert push_main([str(exported), '--repo', tm_hub_id(TAG)]) == 1
-    finally:
-        server.shutdown()
-        server.server_close()
-    line = _one_line_error(capsys)
-    assert 'the Hub refused' in line and 'HTTP 401' in line and 'secret' not in line
-
-
-def test_push_passes_the_allow_list_to_the_upload(exported, online, tmp_path, monkeypatch, capsys):
-    """What huggingface_hub's upload_folder would commit, from the arguments push gives it: the export's files only
-    (the commit itself is stopped before any request)."""
-    from huggingface_hub import HfApi
-
-    folder = _export_copy(exported, tmp_path / 'f')
-    for name in ('.env', 'weights.PT', 'notes.txt'):
-        (folder / name).write_text('private')
-    (folder / 'link.safetensors').symlink_to(folder / 'model.safetensors')
-    committed = []
-    prepare = HfApi._prepare_upload_folder_additions
-
-    def record(self, *args, **kwargs):
-        ops = prepare(self, *args, **kwargs)
-        committed.extend(op.path_in_repo for op in ops)
-        raise RuntimeError('stopped before the commit')
-
-    monkeypatch.setattr(HfApi, 'create_repo', lambda self, *a, **k: None)
-    monkeypatch.setattr(HfApi, '_validate_yaml', lambda self, *a, **k: None)
-    monkeypatch.setattr(HfApi, '_prepare_upload_folder_additions', record)
-    monkeypatch.setenv('HF_TOKEN', 'hf_secretsecretsecret')
-    assert push_main([str(folder), '--repo', 'a/b']) == 1
-    assert 'stopped before the commit' in capsys.readouterr().err
-    assert sorted(committed) == ['README.md', 'config.json', 'model.safetensors']
 
 
 # ---------------------------------------------------------------------------------------------------- model cards

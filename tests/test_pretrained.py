@@ -5,71 +5,34 @@ Offline throughout: weights are placed in a temporary Hugging Face cache laid ou
 """
 
 import hashlib
+import itertools
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import pytest
 import timm
 import torch
 from conftest import tm_at_identity
-from timm.models._hub import save_for_hf
+from offline_hub import corrupt_file, populate_hf_cache
+from timm.models import PretrainedCfg, get_pretrained_cfg, save_for_hf
 
-from timm_tm.pretrained import PUBLISHED_TAGS, TM_WEIGHTS, WeightsFileError, tm_hub_id, verify_weights_file
+from timm_tm.pretrained import (
+    PREFERRED_WEIGHTS_FILES,
+    PUBLISHED_TAGS,
+    TM_WEIGHTS,
+    TMWeights,
+    WeightsFileError,
+    split_hub_revision,
+    tm_hub_id,
+    tm_weight_cfgs,
+    verify_weights_file,
+    weights_source,
+)
 
-LFS_FILES = ('.safetensors', '.bin', '.pth')  # stored on the Hub with git LFS: etag = sha256 of the content
-
-
-def _etag(path: Path) -> str:
-    data = path.read_bytes()
-    if path.name.endswith(LFS_FILES):
-        return hashlib.sha256(data).hexdigest()
-    return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()  # git blob id, the etag of a regular file
-
-
-def populate_hf_cache(cache_dir: Path, repo_id: str, folder: Path, commit: Optional[str] = None) -> Path:
-    """Put ``folder``'s files in ``cache_dir`` as ``hf_hub_download`` of ``repo_id`` at ``main`` leaves them.
-
-    blobs/<etag> holds each file, snapshots/<commit>/<name> links to it, refs/main names the commit.
-    Returns the snapshot folder.
-    """
-    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
-    storage = cache_dir / ('models--' + repo_id.replace('/', '--'))
-    snapshot = storage / 'snapshots' / commit
-    (storage / 'blobs').mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (storage / 'refs').mkdir(exist_ok=True)
-    (storage / 'refs' / 'main').write_text(commit)  # no newline, as huggingface_hub writes it
-    for src in sorted(folder.iterdir()):
-        etag = _etag(src)
-        shutil.copyfile(src, storage / 'blobs' / etag)
-        link = snapshot / src.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(os.path.join('..', '..', 'blobs', etag), link)
-    return snapshot
-
-
-def offline_hf_cache(tmp_path: Path, monkeypatch) -> Path:
-    """An empty Hugging Face cache, offline; env vars and the already-imported constants both point at it."""
-    import huggingface_hub.constants as constants
-
-    cache = tmp_path / 'hf_home' / 'hub'
-    cache.mkdir(parents=True)
-    monkeypatch.setenv('HF_HOME', str(cache.parent))
-    monkeypatch.setenv('HF_HUB_CACHE', str(cache))
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    return cache
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    return offline_hf_cache(tmp_path, monkeypatch)
+pytest_plugins = ('offline_hub',)  # the hf_cache fixture
 
 
 def _publish_resnet18(cache: Path, tmp_path: Path) -> Dict[str, torch.Tensor]:
@@ -166,23 +129,13 @@ def test_unpublished_tag_loads_from_the_local_cache(hf_cache, tmp_path):
     assert all(torch.equal(loaded_sd[k], v) for k, v in model.state_dict().items())
 
 
-def _corrupt(path: Path, how: str) -> None:
-    data = bytearray(path.read_bytes())
-    if how == 'truncated':
-        data = data[: len(data) - 1000]
-    else:  # one byte of one tensor changed: the header still parses
-        data[-5] ^= 0xFF
-    os.chmod(path, 0o644)
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize('how', ['truncated', 'altered'])
 def test_corrupt_cached_weights_are_refused_naming_the_file(hf_cache, tmp_path, how):
     _publish_resnet18(hf_cache, tmp_path)
     from huggingface_hub import hf_hub_download
 
     cached = Path(hf_hub_download('timm/resnet18.a1_in1k', 'model.safetensors'))
-    _corrupt(Path(os.path.realpath(cached)), how)
+    corrupt_file(Path(os.path.realpath(cached)), how)
     with pytest.raises(WeightsFileError) as e:
         timm.create_model('tm_resnet18.a1_in1k', pretrained=True)
     assert str(cached) in str(e.value)
@@ -196,12 +149,114 @@ def test_verify_weights_file_checks_the_header_without_a_recorded_hash(tmp_path)
     safetensors.torch.save_file({'a': torch.randn(64, 64)}, str(path))
     verify_weights_file(path)
     verify_weights_file(path, expected_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-    _corrupt(path, 'truncated')
+    corrupt_file(path, 'truncated')
     with pytest.raises(WeightsFileError, match='not a valid safetensors file') as e:
         verify_weights_file(path)
     assert str(path) in str(e.value)
     with pytest.raises(WeightsFileError, match='not found'):
         verify_weights_file(tmp_path / 'missing.safetensors')
+
+
+def test_tm_weights_give_pretrained_cfgs_without_the_card_fields():
+    for name, weights in TM_WEIGHTS.items():
+        assert isinstance(weights, TMWeights)
+        cfg = tm_weight_cfgs()[name]
+        assert 'dataset' not in cfg and 'recipe' not in cfg and weights.recipe in cfg['notes'][0]
+        assert {k: v for k, v in cfg.items() if k not in ('hf_hub_id', 'notes')} == weights.pretrained_cfg()
+        registered = get_pretrained_cfg(name)
+        assert all(getattr(registered, k) == v for k, v in weights.pretrained_cfg().items()), name
+    mnist = TM_WEIGHTS['tm_resnet18_small.mnist'].pretrained_cfg()
+    assert mnist['num_classes'] == 10 and mnist['mean'] == (0.1307,) * 3
+    assert 'mean' not in TM_WEIGHTS['tm_resnet50.tm_in1k'].pretrained_cfg()  # the architecture's default stays
+
+
+# --- our copies of what timm keeps private: a timm that changes its own fails here ---------------------------------
+
+
+def test_preferred_files_and_revision_split_are_timms():
+    from timm.models._hub import _PREFERRED_FILES, hf_split
+
+    assert PREFERRED_WEIGHTS_FILES == _PREFERRED_FILES
+    for hub_id in ('org/name', 'org/name@main', 'org/name@v1.0', 'org/name@', 'name', '@rev', 'org/name@refs/pr/1'):
+        assert split_hub_revision(hub_id) == hf_split(hub_id), hub_id
+    for hub_id in ('org/name@a@b', '@@'):
+        with pytest.raises((AssertionError, ValueError)):
+            hf_split(hub_id)
+        with pytest.raises(ValueError, match='at most one @'):
+            split_hub_revision(hub_id)
+
+
+def test_weights_source_follows_timms_order():
+    """Every mix of sources a pretrained cfg can hold: the one ``weights_source`` names is the one timm loads."""
+    from timm.models._builder import _resolve_pretrained_source
+
+    sources = itertools.product(
+        (None, 'hf-hub', 'local-dir'),  # source
+        (None, {'w': torch.zeros(1)}),  # state_dict
+        (None, '/weights.pth'),  # file
+        (None, 'org/name'),  # hf_hub_id
+        (None, 'w.bin'),  # hf_hub_filename
+        (None, 'https://example.com/w.pth'),  # url
+    )
+    checked = set()
+    for source, state_dict, file, hf_hub_id, hf_hub_filename, url in sources:
+        if source == 'hf-hub' and hf_hub_id is None:
+            continue  # timm asserts a Hub id for an hf-hub: name
+        cfg = PretrainedCfg(
+            source=source,
+            state_dict=state_dict,
+            file=file,
+            hf_hub_id=hf_hub_id,
+            hf_hub_filename=hf_hub_filename,
+            url=url,
+        )
+        kind, where = weights_source(cfg)
+        timm_kind, timm_where = _resolve_pretrained_source(cfg.to_dict())
+        assert kind == timm_kind, cfg
+        if kind == 'hf-hub' and hf_hub_filename:
+            timm_where = timm_where[0]  # (hub id, file name): the file name is the cfg's, read beside
+        if kind == 'state_dict':
+            assert where is state_dict, cfg  # timm's is a copy (to_dict)
+        elif kind:
+            assert where == timm_where, cfg
+        checked.add(kind)
+    assert checked == {'hf-hub', 'local-dir', 'state_dict', 'file', 'url', ''}
+
+
+def test_timm_loads_the_weights_our_check_verifies_from_a_cfg_with_two_sources(hf_cache, tmp_path):
+    """A file and a Hub id in one cfg: timm loads the file, so the file is verified and damaged cached Hub weights do
+    not stop the load; with the Hub id alone, those Hub weights are loaded, and verified."""
+    import safetensors.torch
+
+    from_file = timm.create_model('tm_resnet18_small', num_classes=10).eval()
+    from_hub = timm.create_model('tm_resnet18_small', num_classes=10).eval()
+    file = tmp_path / 'file.safetensors'
+    safetensors.torch.save_file(from_file.state_dict(), str(file))
+    save_for_hf(from_hub, tmp_path / 'hub', safe_serialization=True)
+    cached = populate_hf_cache(hf_cache, 'some-org/hub', tmp_path / 'hub') / 'model.safetensors'
+    both = dict(file=str(file), hf_hub_id='some-org/hub')
+    x = torch.randn(2, 3, 32, 32)
+
+    def logits(**sources) -> torch.Tensor:
+        overlay = dict(num_classes=10, **sources)
+        model = timm.create_model('tm_resnet18_small', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=10)
+        with torch.no_grad():
+            return model.eval()(x)
+
+    with torch.no_grad():
+        assert not torch.equal(from_file(x), from_hub(x))
+        assert torch.equal(logits(**both), from_file(x))
+        assert torch.equal(logits(hf_hub_id='some-org/hub'), from_hub(x))
+    corrupt_file(Path(os.path.realpath(cached)), 'altered')
+    with torch.no_grad():
+        assert torch.equal(logits(**both), from_file(x))  # not what timm reads: not checked, not in the way
+    with pytest.raises(WeightsFileError, match='altered or truncated') as e:
+        logits(hf_hub_id='some-org/hub')
+    assert str(cached) in str(e.value)
+    corrupt_file(file, 'truncated')
+    with pytest.raises(WeightsFileError, match='not a valid safetensors file') as e:
+        logits(**both)
+    assert str(file) in str(e.value)
 
 
 # --- tm_resnet checkpoints through timm's pretrained paths: another TM configuration is refused ----------------------

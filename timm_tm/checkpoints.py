@@ -21,6 +21,13 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import safetensors.torch
+import torch
+from timm.models import clean_state_dict
+from timm.utils import natural_key
+
+from timm_tm.pretrained import WeightsFileError, verify_weights_file
+
 __all__ = [
     'CheckpointError',
     'read_checkpoint',
@@ -57,65 +64,84 @@ def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[s
     weights). ``meta`` holds ``args`` (a dict, empty when not recorded), ``epoch``, ``metric``, ``arch``,
     ``label_names`` (a list, or None) and ``key`` (the entry the weights came from; None for a bare state_dict).
     """
-    import torch
-    from timm.models import clean_state_dict
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'{path}: checkpoint not found')
-    if path.name.endswith('.safetensors'):
-        import safetensors.torch
-
-        from timm_tm.pretrained import WeightsFileError, verify_weights_file
-
-        try:
-            verify_weights_file(path)  # header, size, and the SHA-256 a config.json beside it records
-            checkpoint = safetensors.torch.load_file(str(path), device='cpu')
-        except WeightsFileError as e:
-            raise CheckpointError(str(e)) from e
-        except Exception as e:  # safetensors raises its own SafetensorError, not exported under one name
-            raise CheckpointError(f'{path}: not a readable safetensors file ({_first_line(e)})') from e
-    else:
-        try:
-            # train.py stores its args as an argparse.Namespace: the one class allowed besides tensors
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise CheckpointError(
-                f'{path}: not a readable PyTorch checkpoint with weights_only=True (truncated, altered or not a torch '
-                f'checkpoint): {_first_line(e)}'
-            ) from e
+    checkpoint = _load_safetensors(path) if path.name.endswith('.safetensors') else _load_pickled(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f'{path}: expected a dict (a state_dict or a train.py checkpoint), got {type(checkpoint).__name__}'
         )
-
-    meta: Dict[str, Any] = {'args': {}, 'epoch': None, 'metric': None, 'arch': None, 'label_names': None, 'key': None}
     if any(k in checkpoint for k in MODEL_KEYS + EMA_KEYS):
-        meta['args'] = _args_dict(checkpoint.get('args'), path)
-        meta['epoch'] = checkpoint.get('epoch')
-        meta['metric'] = checkpoint.get('metric')
-        arch = checkpoint.get('arch')
-        if arch is not None and not isinstance(arch, str):
-            raise CheckpointError(f"{path}: 'arch' has type {type(arch).__name__}, expected a model name")
-        meta['arch'] = arch
-        if checkpoint.get('label_names') is not None:
-            meta['label_names'] = check_label_names(checkpoint['label_names'], f"{path} ('label_names')")
-        keys = EMA_KEYS if use_ema else MODEL_KEYS
-        key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
-        if key is None:
-            if use_ema:
-                raise CheckpointError(
-                    f'{path}: --use-ema: the checkpoint has no EMA weights (state_dict_ema); train with --model-ema, '
-                    'or leave out --use-ema'
-                )
-            raise CheckpointError(f'{path}: the checkpoint has no "state_dict" entry (found {sorted(checkpoint)})')
-        meta['key'] = key
-        state_dict = checkpoint[key]
+        meta = _train_script_meta(checkpoint, path)
+        meta['key'] = _weights_key(checkpoint, path, use_ema)
+        state_dict = checkpoint[meta['key']]
     else:
         if use_ema:
             raise CheckpointError(f'{path}: --use-ema: a bare state_dict has no EMA weights')
+        meta = {'args': {}, 'epoch': None, 'metric': None, 'arch': None, 'label_names': None, 'key': None}
         state_dict = checkpoint
+    _check_weights(state_dict, path)
+    return clean_state_dict(state_dict), meta
+
+
+def _load_safetensors(path: Path) -> Dict[str, Any]:
+    try:
+        verify_weights_file(path)  # header, size, and the SHA-256 a config.json beside it records
+        return safetensors.torch.load_file(str(path), device='cpu')
+    except WeightsFileError as e:
+        raise CheckpointError(str(e)) from e
+    except Exception as e:  # safetensors raises its own SafetensorError, not exported under one name
+        raise CheckpointError(f'{path}: not a readable safetensors file ({_first_line(e)})') from e
+
+
+def _load_pickled(path: Path) -> Any:
+    try:
+        # train.py stores its args as an argparse.Namespace: the one class allowed besides tensors
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f'{path}: not a readable PyTorch checkpoint with weights_only=True (truncated, altered or not a torch '
+            f'checkpoint): {_first_line(e)}'
+        ) from e
+
+
+def _train_script_meta(checkpoint: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """What train.py recorded beside the weights, type-checked (``key`` still None)."""
+    args = _args_dict(checkpoint.get('args'), path)
+    arch = checkpoint.get('arch')
+    if arch is not None and not isinstance(arch, str):
+        raise CheckpointError(f"{path}: 'arch' has type {type(arch).__name__}, expected a model name")
+    label_names = checkpoint.get('label_names')
+    if label_names is not None:
+        label_names = check_label_names(label_names, f"{path} ('label_names')")
+    return {
+        'args': args,
+        'epoch': checkpoint.get('epoch'),
+        'metric': checkpoint.get('metric'),
+        'arch': arch,
+        'label_names': label_names,
+        'key': None,
+    }
+
+
+def _weights_key(checkpoint: Dict[str, Any], path: Path, use_ema: bool) -> str:
+    """The entry of a train.py checkpoint that holds the weights asked for (EMA or model, never the other)."""
+    keys = EMA_KEYS if use_ema else MODEL_KEYS
+    key = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
+    if key is not None:
+        return key
+    if use_ema:
+        raise CheckpointError(
+            f'{path}: --use-ema: the checkpoint has no EMA weights (state_dict_ema); train with --model-ema, '
+            'or leave out --use-ema'
+        )
+    raise CheckpointError(f'{path}: the checkpoint has no "state_dict" entry (found {sorted(checkpoint)})')
+
+
+def _check_weights(state_dict: Dict[Any, Any], path: Path) -> None:
+    """Refuse an empty state_dict, entries that are not tensors, and non-finite weights (a diverged run)."""
     if not state_dict:
         raise CheckpointError(f'{path}: the state_dict is empty')
     not_tensors = [str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
@@ -124,7 +150,6 @@ def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[s
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f'{path}: non-finite values (NaN / inf) in {bad[:8]}: the run diverged')
-    return clean_state_dict(state_dict), meta
 
 
 def _args_dict(args: Any, path: Path) -> Dict[str, Any]:
@@ -253,8 +278,6 @@ def label_names_from_args(args: Dict[str, Any]) -> Optional[Tuple[List[str], str
     """(class names, where from) of a train.py run, when its ``--class-map`` (.txt) or its ImageFolder train folder
     is still on disk; None otherwise. The order is train.py's: the class map's lines, else the class folders sorted
     by timm's ``natural_key``."""
-    from timm.utils import natural_key
-
     class_map = args.get('class_map')
     # a .pkl class map is not unpickled here: reading the checkpoint must not run code
     if isinstance(class_map, str) and class_map.lower().endswith('.txt') and os.path.isfile(class_map):

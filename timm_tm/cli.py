@@ -19,8 +19,8 @@ from typing import List, Optional
 COMMANDS = {
     'compare': ('timm_tm.compare:main', 'train a baseline and a TM model under one recipe and compare top-1'),
     'run': ('timm_tm.scripts:main', 'run a timm script (train.py, validate.py, ...) with the tm_* models registered'),
-    'export': ('timm_tm.hub:export_main', 'turn a train.py checkpoint into a Hub-ready folder with a model card'),
-    'push': ('timm_tm.hub:push_main', 'upload an exported folder to the Hugging Face Hub'),
+    'export': ('timm_tm.export:main', 'turn a train.py checkpoint into a Hub-ready folder with a model card'),
+    'push': ('timm_tm.push:main', 'upload an exported folder to the Hugging Face Hub'),
     'bench': ('timm_tm.bench:main', 'throughput / memory of tm_resnetX against resnetX, side by side'),
     'visualize': ('timm_tm.visualize:main', 'draw the per-region class maps of a TM model on images'),
 }

@@ -10,15 +10,28 @@ card is typed by hand. Templates are looked up in this order:
 3. ``DEFAULT_CARD`` below, packaged with timm_tm, so that export works from an installed wheel for any model.
 
 The shared sections (``${usage}``: classification, feature maps, image embeddings; ``${citation}``) live here once
-and are substituted into every template.
+and are substituted into every template, as do the sentences the export writes from the run (:func:`training_text`,
+:func:`tm_details`, :func:`metrics_text`).
 """
 
 import re
 import string
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ['CARD_FIELDS', 'DEFAULT_CARD', 'USAGE', 'CITATION', 'find_card_template', 'render_card']
+import torch.nn as nn
+
+__all__ = [
+    'CARD_FIELDS',
+    'DEFAULT_CARD',
+    'USAGE',
+    'CITATION',
+    'find_card_template',
+    'render_card',
+    'training_text',
+    'tm_details',
+    'metrics_text',
+]
 
 # name -> what the export fills in
 CARD_FIELDS: Dict[str, str] = {
@@ -256,3 +269,67 @@ def render_card(fields: Dict[str, str], template: Optional[str] = None, source: 
     if unknown:
         raise ValueError(f'{source}: no value for placeholder(s) {", ".join("${" + u + "}" for u in unknown)}')
     return string.Template(template).substitute(values)
+
+
+def training_text(args: Dict[str, Any], epoch: Optional[int], use_ema: bool) -> str:
+    """The recipe train.py recorded (``args``), in one line; ``epoch``: the epoch the weights are from."""
+    if not args:
+        return 'not recorded in the checkpoint (a bare state_dict)'
+    parts = []
+    if args.get('epochs') is not None:
+        epochs = args['epochs']
+        of_epoch = f' (weights of epoch {epoch})' if epoch is not None else ''
+        parts.append(f'{epochs} epoch{"s" if epochs != 1 else ""}{of_epoch}')
+    if args.get('opt'):
+        parts.append(f'optimizer {args["opt"]}, lr {args.get("lr")}, weight decay {args.get("weight_decay")}')
+    if args.get('sched'):
+        parts.append(f'{args["sched"]} schedule')
+    if args.get('batch_size'):
+        parts.append(f'batch size {args["batch_size"]}')
+    aug = [f'{k} {args[k]}' for k in ('mixup', 'cutmix', 'smoothing', 'aa') if args.get(k)]
+    if aug:
+        parts.append(', '.join(aug))
+    if args.get('amp'):
+        parts.append(f'AMP ({args.get("amp_dtype", "float16")})')
+    parts.append('EMA weights' if use_ema else 'model weights (not EMA)')
+    return 'timm train.py: ' + '; '.join(parts)
+
+
+def tm_details(model: nn.Module) -> str:
+    """Where ``model``'s TM blocks sit, and their templates and classes, in one line."""
+    blocks = model.tm_blocks() if hasattr(model, 'tm_blocks') else {}
+    if not blocks:
+        return 'no TM blocks (the TM-free baseline, tm_stages=())'
+    first = next(iter(blocks.values()))
+    return (
+        f'blocks after {", ".join(blocks)}; {first.templates_per_class} template(s) per class, '
+        f'{first.num_classes} classes, {first.evidence_pool} class pooling; class evidence added to the logits'
+    )
+
+
+def _fmt(x: Optional[float], digits: int = 2) -> str:
+    return 'n/a' if x is None else f'{x:.{digits}f}'
+
+
+def metrics_text(
+    name: str,
+    metrics: Optional[Dict[str, Any]],
+    stats: Dict[str, float],
+    image_size: Tuple[int, int],
+    dataset: str,
+    split: str,
+    use_ema: bool,
+) -> str:
+    """The Model Comparison section: a one-row table of ``metrics`` (top1, top5, loss, epoch, as read from
+    summary.csv) with ``stats`` (params_m, gmacs; :func:`timm_tm.profiling.profile_model`), or, without metrics, a
+    sentence saying that no accuracy is claimed."""
+    if not metrics:
+        return 'No evaluation was given to the export (`--summary`): no accuracy is claimed.'
+    return (
+        f'Measured by timm train.py on the {split} split of {dataset} '
+        f'at {image_size[0]} x {image_size[1]} px ({"EMA" if use_ema else "model"} weights):\n\n'
+        '| model | top-1 | top-5 | eval loss | epoch | params (M) | GMACs |\n'
+        '|---|---|---|---|---|---|---|\n'
+        f'| {name} | {_fmt(metrics["top1"])} | {_fmt(metrics["top5"])} | {_fmt(metrics["loss"], 4)} | '
+        f'{metrics["epoch"]} | {stats["params_m"]:.2f} | {stats["gmacs"]:.3f} |'
+    )

@@ -13,25 +13,38 @@ Before timm's loader reads a local weights file (``local-dir:``, the Hugging Fac
 dict(file=...)``), :func:`verify_weights_file` checks it: a safetensors header that covers the whole file, and its
 SHA-256 against what the Hub (the cache's blob name) or the export (``config.json``'s ``weights_sha256``) recorded.
 A truncated or altered file is then refused with its path, before any tensor reaches the model.
+
+The Hub's naming rules (:func:`hub_name_problem`, :func:`repo_id_problem`) live here too: ``timm-tm export`` and
+``timm-tm push`` both check the names they write or upload under.
 """
 
 import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, Optional, Tuple
+
+from timm.models import resolve_pretrained_cfg
 
 __all__ = [
     'HUB_NAMESPACE',
+    'TMWeights',
     'TM_WEIGHTS',
     'PUBLISHED_TAGS',
+    'WEIGHTS_NAME',
+    'PREFERRED_WEIGHTS_FILES',
     'WeightsFileError',
     'tm_hub_id',
+    'hub_name_problem',
+    'repo_id_problem',
+    'split_hub_revision',
     'tm_weight_cfgs',
     'not_published_message',
     'verify_weights_file',
     'sha256_file',
+    'weights_source',
     'prepare_pretrained',
 ]
 
@@ -39,19 +52,58 @@ __all__ = [
 # point it elsewhere with TIMM_TM_HUB_NAMESPACE (read once, at import).
 HUB_NAMESPACE: str = os.environ.get('TIMM_TM_HUB_NAMESPACE', 'timm-tm')
 
-# One entry per model the project would publish. Fields are pretrained_cfg fields (plus 'dataset' and 'recipe',
-# which the model card uses). The weights must load into the architecture's default kwargs (tm_stages,
-# templates_per_class, ...), since a registry tag cannot carry model args: `timm-tm export --name` checks it.
-_IMAGENET_1K = dict(
-    num_classes=1000,
-    input_size=(3, 224, 224),
-    pool_size=(7, 7),
-    crop_pct=0.95,
-    interpolation='bicubic',
-    dataset='imagenet-1k',
-)
-TM_WEIGHTS: Dict[str, Dict[str, Any]] = {
-    'tm_resnet18_small.mnist': dict(
+
+@dataclass(frozen=True)
+class TMWeights:
+    """One tag of TM-trained weights: the pretrained_cfg fields timm loads it with, and what its model card says.
+
+    The weights must load into the architecture's default kwargs (tm_stages, templates_per_class, ...), since a
+    registry tag cannot carry model args: ``timm-tm export --name`` checks it.
+    """
+
+    dataset: str  # card only: what the weights were trained on
+    recipe: str  # card only: one sentence on how
+    num_classes: int
+    input_size: Tuple[int, int, int]
+    pool_size: Tuple[int, int]
+    crop_pct: float
+    interpolation: str
+    mean: Optional[Tuple[float, ...]] = None  # None: the architecture's default (ImageNet's)
+    std: Optional[Tuple[float, ...]] = None
+
+    def pretrained_cfg(self) -> Dict[str, Any]:
+        """The pretrained_cfg fields of the tag (the card-only ones and an unset mean / std left out)."""
+        cfg = dict(
+            num_classes=self.num_classes,
+            input_size=self.input_size,
+            pool_size=self.pool_size,
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+        )
+        if self.mean is not None:
+            cfg['mean'] = self.mean
+        if self.std is not None:
+            cfg['std'] = self.std
+        return cfg
+
+
+def _imagenet_1k(recipe: str) -> TMWeights:
+    return TMWeights(
+        dataset='imagenet-1k',
+        recipe=recipe,
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.95,
+        interpolation='bicubic',
+    )
+
+
+# One entry per model the project would publish, by tag name.
+TM_WEIGHTS: Dict[str, TMWeights] = {
+    'tm_resnet18_small.mnist': TMWeights(
+        dataset='mnist',
+        recipe='MNIST digits (60k train, 10k test) upsampled to 32 x 32 px, trained from scratch',
         num_classes=10,
         input_size=(3, 32, 32),
         pool_size=(4, 4),
@@ -59,16 +111,12 @@ TM_WEIGHTS: Dict[str, Dict[str, Any]] = {
         interpolation='bilinear',
         mean=(0.1307,) * 3,
         std=(0.3081,) * 3,
-        dataset='mnist',
-        recipe='MNIST digits (60k train, 10k test) upsampled to 32 x 32 px, trained from scratch',
     ),
-    'tm_resnet18.tm_in1k': dict(
-        **_IMAGENET_1K,
-        recipe='ImageNet-1k, fine-tuned from timm resnet18.a1_in1k with the TM blocks starting at identity',
+    'tm_resnet18.tm_in1k': _imagenet_1k(
+        'ImageNet-1k, fine-tuned from timm resnet18.a1_in1k with the TM blocks starting at identity'
     ),
-    'tm_resnet50.tm_in1k': dict(
-        **_IMAGENET_1K,
-        recipe='ImageNet-1k, fine-tuned from timm resnet50.a1_in1k with the TM blocks starting at identity',
+    'tm_resnet50.tm_in1k': _imagenet_1k(
+        'ImageNet-1k, fine-tuned from timm resnet50.a1_in1k with the TM blocks starting at identity'
     ),
 }
 
@@ -77,7 +125,21 @@ TM_WEIGHTS: Dict[str, Dict[str, Any]] = {
 PUBLISHED_TAGS: FrozenSet[str] = frozenset()
 
 WEIGHTS_NAME = 'model.safetensors'
+# the files timm's local-dir: / hf-hub: loaders look for in a folder, first found first (timm's _PREFERRED_FILES,
+# which is private: tests/test_pretrained.py pins this copy to it)
+PREFERRED_WEIGHTS_FILES: Tuple[str, ...] = (
+    WEIGHTS_NAME,
+    'pytorch_model.bin',
+    'pytorch_model.pth',
+    'model.pth',
+    'open_clip_model.safetensors',
+    'open_clip_pytorch_model.safetensors',
+    'open_clip_pytorch_model.bin',
+    'open_clip_pytorch_model.pth',
+)
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+# a Hub repo / user / org name: ASCII letters, digits, '_', '-', '.', not starting or ending with '-' or '.'
+_HUB_NAME_RE = re.compile(r'[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?')
 
 
 class WeightsFileError(RuntimeError):
@@ -89,14 +151,52 @@ def tm_hub_id(name: str) -> str:
     return f'{HUB_NAMESPACE}/{name}'
 
 
+def hub_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` is not a valid Hub repo (or user / org) name, as the Hub's rules go; None when it is."""
+    if not isinstance(name, str) or not name:
+        return 'empty'
+    if not _HUB_NAME_RE.fullmatch(name):
+        return (
+            "use only ASCII letters, digits, '_', '-' and '.', not starting or ending with '-' or '.', at most 96 "
+            'characters'
+        )
+    if '--' in name or '..' in name:
+        return "'--' and '..' are not allowed"
+    if name.endswith('.git'):
+        return "it may not end with '.git'"
+    return None
+
+
+def repo_id_problem(repo_id: Any) -> Optional[str]:
+    """Why ``repo_id`` is not a valid Hub repo id (``ORG/NAME``); None when it is."""
+    if not isinstance(repo_id, str) or repo_id.count('/') != 1:
+        return 'expected ORG/NAME'
+    for part in repo_id.split('/'):
+        problem = hub_name_problem(part)
+        if problem:
+            return f'{part!r}: {problem}'
+    return None
+
+
+def split_hub_revision(hub_id: str) -> Tuple[str, Optional[str]]:
+    """``'ORG/NAME@REVISION'`` -> ``('ORG/NAME', 'REVISION')``; without ``@`` the revision is None.
+
+    The split timm's hf-hub loader makes (its ``hf_split``, private: tests/test_pretrained.py pins this to it).
+    """
+    repo_id, at, revision = hub_id.partition('@')
+    if '@' in revision:
+        raise ValueError(f'{hub_id!r}: a Hub id holds at most one @ (before the revision)')
+    return repo_id, revision if at else None
+
+
 def tm_weight_cfgs() -> Dict[str, Dict[str, Any]]:
     """pretrained_cfg fields per TM tag, for ``generate_default_cfgs``; ``hf_hub_id`` only once published."""
     out = {}
-    for name, fields in TM_WEIGHTS.items():
-        cfg = {k: v for k, v in fields.items() if k not in ('dataset', 'recipe')}
+    for name, weights in TM_WEIGHTS.items():
+        cfg = weights.pretrained_cfg()
         published = name in PUBLISHED_TAGS
         cfg['hf_hub_id'] = tm_hub_id(name) if published else None
-        note = f'TM-trained: {fields["recipe"]}.'
+        note = f'TM-trained: {weights.recipe}.'
         if not published:
             note += f' Not published yet (would be hf-hub:{tm_hub_id(name)}).'
         cfg['notes'] = (note,)
@@ -201,55 +301,66 @@ def verify_weights_file(path, expected_sha256: Optional[str] = None) -> None:
 
 def _cached_hub_file(hf_hub_id: str, filename: str, cache_dir: Optional[str]) -> Optional[str]:
     from huggingface_hub import try_to_load_from_cache
-    from timm.models._hub import hf_split
 
-    repo_id, revision = hf_split(hf_hub_id)
+    repo_id, revision = split_hub_revision(hf_hub_id)
     found = try_to_load_from_cache(repo_id, filename, revision=revision, cache_dir=cache_dir)
     return found if isinstance(found, str) else None
 
 
-def _local_weights_file(cfg) -> Optional[Path]:
-    """The local file timm's loader is about to read for ``cfg`` (a PretrainedCfg), when it is already on disk."""
-    if cfg.state_dict is not None:
-        return None
-    if cfg.source == 'local-dir' and cfg.file:
-        from timm.models._hub import _PREFERRED_FILES
+def weights_source(cfg) -> Tuple[str, Any]:
+    """Where timm's loader takes the weights of ``cfg`` (a PretrainedCfg) from: ``(kind, location)``.
 
-        for name in _PREFERRED_FILES:
-            if (Path(cfg.file) / name).is_file():
-                return Path(cfg.file) / name
-        return None
-    if cfg.source != 'hf-hub' and cfg.file:
-        return Path(cfg.file)
+    ``kind`` is ``'hf-hub'``, ``'local-dir'``, ``'state_dict'``, ``'file'``, ``'url'`` or ``''`` (none), picked in
+    timm's order: the ``source`` the name gave (``hf-hub:`` / ``local-dir:``), else a state_dict, a file, a Hub id,
+    a URL. timm's ``_resolve_pretrained_source`` is private: tests/test_pretrained.py pins this to it.
+    """
+    if cfg.source == 'hf-hub':
+        return 'hf-hub', cfg.hf_hub_id
+    if cfg.source == 'local-dir':
+        return 'local-dir', cfg.file
+    if cfg.state_dict:
+        return 'state_dict', cfg.state_dict
+    if cfg.file:
+        return 'file', cfg.file
+    if cfg.hf_hub_id:
+        return 'hf-hub', cfg.hf_hub_id
+    if cfg.url:
+        return 'url', cfg.url
+    return '', None
+
+
+def _local_weights_file(cfg, cache_dir: Optional[str]) -> Optional[Path]:
+    """The local file timm's loader is about to read for ``cfg``, when it is on disk already (a Hub file not yet in
+    the cache is checked by huggingface_hub as it downloads; a URL by torch.hub)."""
+    kind, where = weights_source(cfg)
+    if kind == 'local-dir' and where:
+        return next((Path(where, n) for n in PREFERRED_WEIGHTS_FILES if Path(where, n).is_file()), None)
+    if kind == 'file':
+        return Path(where)
+    if kind == 'hf-hub' and where:
+        cached = _cached_hub_file(where, cfg.hf_hub_filename or WEIGHTS_NAME, cache_dir)
+        return Path(cached) if cached else None
     return None
 
 
 def prepare_pretrained(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Run by the tm_* entrypoints when ``pretrained=True``, before timm loads anything; returns the kwargs.
 
-    * A TM tag that is not published: point it at its Hub repo when the local cache holds the weights, else raise
-      a ``RuntimeError`` that says so and shows the publishing commands.
+    * A TM tag that is not published (and given no other source): point it at its Hub repo when the local cache
+      holds the weights, else raise a ``RuntimeError`` that says so and shows the publishing commands.
     * The local weights file about to be read is verified (:func:`verify_weights_file`).
     """
-    from timm.models._builder import resolve_pretrained_cfg
-
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     name = f'{variant}.{cfg.tag}' if cfg.tag else variant
     cache_dir = kwargs.get('cache_dir')
-    hf_hub_id = cfg.hf_hub_id
-    has_other_source = cfg.file or cfg.url or cfg.state_dict is not None or cfg.source
-    if name in TM_WEIGHTS and not hf_hub_id and not has_other_source:
+    if name in TM_WEIGHTS and not weights_source(cfg)[0]:
         hf_hub_id = tm_hub_id(name)
         if _cached_hub_file(hf_hub_id, WEIGHTS_NAME, cache_dir) is None:
             raise RuntimeError(not_published_message(name, cache_dir))
-        kwargs = dict(
-            kwargs, pretrained_cfg_overlay=dict(kwargs.get('pretrained_cfg_overlay') or {}, hf_hub_id=hf_hub_id)
-        )
-
-    local = _local_weights_file(cfg)
-    if local is None and hf_hub_id and (cfg.source == 'hf-hub' or not has_other_source):
-        cached = _cached_hub_file(hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, cache_dir)
-        local = Path(cached) if cached else None
+        overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, hf_hub_id=hf_hub_id)
+        kwargs = dict(kwargs, pretrained_cfg_overlay=overlay)
+        cfg = replace(cfg, hf_hub_id=hf_hub_id)
+    local = _local_weights_file(cfg, cache_dir)
     if local is not None:
         verify_weights_file(local)
     return kwargs
