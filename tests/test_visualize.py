@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from timm_tm import TemplateMatching
 from timm_tm.class_maps import compute_class_maps, compute_class_maps_and_output, find_tm_blocks
+from timm_tm.files import process_umask
 
 # a narrow, shallow tm_resnet18_small (TM blocks after stages 3 and 4) that learns MNIST in seconds on one thread
 SMALL_KWARGS = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128))
@@ -140,21 +141,52 @@ def test_briefly_trained_model_matches_the_true_class(trained):
 # pictures
 
 
+def _run_main(capsys, *argv):
+    """(exit status, stderr lines) of ``timm-tm visualize ARGV``: main's return value, or argparse's exit."""
+    from timm_tm.visualize import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # only argparse exits (wrong arguments, --help)
+        rc = e.code
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.err
+    return rc, captured.err.strip().splitlines()
+
+
+def _failed_work(capsys, *argv) -> str:
+    """The error line of a run that failed (status 1): exactly one line, ``timm-tm visualize: error: ...``."""
+    rc, err = _run_main(capsys, *argv)
+    assert rc == 1 and len(err) == 1 and err[0].startswith('timm-tm visualize: error: '), (rc, err)
+    return err[0]
+
+
+def _wrong_arguments(capsys, *argv) -> str:
+    """The error line of a run refused for its arguments: argparse's usage then one error line, status 2."""
+    from timm_tm.visualize import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[0].startswith('usage: timm-tm visualize '), err
+    assert err[-1].startswith('timm-tm visualize: error: ') and not any('error' in line for line in err[:-1]), err
+    return err[-1]
+
+
 def test_picture_size_and_best_class_panel_agree_with_the_api(trained, tmp_path, capsys):
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from timm_tm.visualize import figure_size, main, render_image
+    from timm_tm.visualize import figure_size, render_image
 
     model, ckpt, (digits, labels) = trained
     images = _write_digits(tmp_path, digits[:3], labels[:3])
     bad = tmp_path / 'notes.png'
     bad.write_text('not an image')
     out = tmp_path / 'out' / 'maps.png'
-    rc = main([str(images[0]), str(bad), *map(str, images[1:]), '--checkpoint', str(ckpt), '--out', str(out)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1  # one image failed, the others rendered
-    assert len(err) == 1 and 'notes.png' in err[0] and 'cannot read image' in err[0]
+    # one image fails, the others are drawn
+    err = _failed_work(capsys, images[0], bad, *images[1:], '--checkpoint', ckpt, '--out', out)
+    assert 'notes.png' in err and 'cannot read image' in err
     assert not (tmp_path / 'out' / 'maps_notes.png').exists()
 
     data_config = resolve_data_config(args={'input_size': (3, 28, 28)}, model=model)
@@ -189,40 +221,31 @@ def test_picture_size_and_best_class_panel_agree_with_the_api(trained, tmp_path,
 
 
 def test_bad_inputs_give_one_line_errors(trained, tmp_path, capsys, monkeypatch):
-    from timm_tm.visualize import main
-
     _, ckpt, (digits, labels) = trained
     (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
-    out = str(tmp_path / 'o.png')
+    out = tmp_path / 'o.png'
 
-    def run(*argv):
-        rc = main([str(image), '--out', out, *argv])
-        return rc, capsys.readouterr().err.strip().splitlines()
+    err = _failed_work(capsys, image, '--out', out, '--model', 'resnet18', '--num-classes', '10')
+    assert "'resnet18' has no TemplateMatching blocks" in err
 
-    rc, err = run('--model', 'resnet18', '--num-classes', '10')
-    assert rc == 2 and len(err) == 1 and "'resnet18' has no TemplateMatching blocks" in err[0]
-
-    rc, err = run('--model', 'tm_resnet18', '--checkpoint', str(ckpt))
-    assert rc == 2 and len(err) == 1
-    assert "does not fit model 'tm_resnet18' (it was saved from 'tm_resnet18_small')" in err[0] and 'conv1' in err[0]
+    err = _failed_work(capsys, image, '--out', out, '--model', 'tm_resnet18', '--checkpoint', ckpt)
+    assert "does not fit model 'tm_resnet18' (it was saved from 'tm_resnet18_small')" in err and 'conv1' in err
 
     other = tmp_path / 'resnet.pth'
     torch.save(timm.create_model('resnet18', num_classes=10, channels=(16, 32, 64, 128)).state_dict(), other)
-    rc, err = run('--model', 'tm_resnet18_small', '--checkpoint', str(other))
-    assert rc == 2 and len(err) == 1 and 'missing keys' in err[0]
+    err = _failed_work(capsys, image, '--out', out, '--model', 'tm_resnet18_small', '--checkpoint', other)
+    assert 'missing keys' in err
 
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'\x00not a checkpoint')
-    rc, err = run('--checkpoint', str(garbage))
-    assert rc == 2 and len(err) == 1 and 'not a readable PyTorch checkpoint' in err[0]
+    assert 'not a readable PyTorch checkpoint' in _failed_work(capsys, image, '--out', out, '--checkpoint', garbage)
 
-    rc, err = run('--checkpoint', str(ckpt), '--classes', '0')
-    assert rc == 2 and '--classes' in err[0]
+    err = _wrong_arguments(capsys, image, '--out', out, '--checkpoint', ckpt, '--classes', '0')
+    assert err == 'timm-tm visualize: error: --classes must be >= 1, got 0'
 
     monkeypatch.setitem(sys.modules, 'matplotlib', None)
-    rc, err = run('--checkpoint', str(ckpt))
-    assert rc == 2 and len(err) == 1 and 'matplotlib' in err[0]
-    assert not (tmp_path / 'o.png').exists()
+    assert 'matplotlib' in _failed_work(capsys, image, '--out', out, '--checkpoint', ckpt)
+    assert not out.exists()
 
 
 def test_label_names_from_the_training_folder_and_output_names(tmp_path):
@@ -247,15 +270,6 @@ def test_label_names_from_the_training_folder_and_output_names(tmp_path):
 # inputs are never lost, bad inputs are one line (issue 11)
 
 
-def _run_main(capsys, *argv):
-    from timm_tm.visualize import main
-
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert 'Traceback' not in captured.err
-    return rc, captured.err.strip().splitlines()
-
-
 def test_an_output_is_never_an_input(trained, tmp_path, capsys):
     _, ckpt, (digits, labels) = trained
     victim, a, maps_a = (tmp_path / n for n in ('victim.png', 'a.png', 'maps_a.png'))
@@ -272,8 +286,8 @@ def test_an_output_is_never_an_input(trained, tmp_path, capsys):
         [victim, '--out', tmp_path / 'sub' / '..' / 'victim.png'],
     ]
     for argv in cases:
-        rc, err = _run_main(capsys, *argv, '--checkpoint', ckpt)
-        assert rc == 2 and len(err) == 1 and err[0].startswith('timm-tm visualize: --out: '), (argv, err)
+        err = _wrong_arguments(capsys, *argv, '--checkpoint', ckpt)
+        assert err.startswith('timm-tm visualize: error: --out: '), (argv, err)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, 'link.png', 'hard.png'])
     assert torch.load(ckpt, weights_only=False)['arch'] == 'tm_resnet18_small'
@@ -284,47 +298,47 @@ def test_weights_are_checked_as_export_checks_them(trained, tmp_path, capsys):
     model, ckpt, (digits, labels) = trained
     (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
     out = tmp_path / 'o.png'
-    rc, err = _run_main(capsys, image, '--checkpoint', ckpt, '--use-ema', '--out', out)
-    assert rc == 2 and len(err) == 1 and 'no EMA weights' in err[0] and str(ckpt) in err[0]
+    err = _failed_work(capsys, image, '--checkpoint', ckpt, '--use-ema', '--out', out)
+    assert 'no EMA weights' in err and str(ckpt) in err
 
     saved = torch.load(ckpt, weights_only=False)
     nan = tmp_path / 'nan.pth.tar'
     sd = dict(saved['state_dict'])
     sd['fc.bias'] = torch.full_like(sd['fc.bias'], float('nan'))
     torch.save({**saved, 'state_dict': sd}, nan)
-    rc, err = _run_main(capsys, image, '--checkpoint', nan, '--out', out)
-    assert rc == 2 and len(err) == 1 and 'non-finite' in err[0] and 'fc.bias' in err[0]
+    err = _failed_work(capsys, image, '--checkpoint', nan, '--out', out)
+    assert 'non-finite' in err and 'fc.bias' in err
 
     bad_args = tmp_path / 'bad_args.pth.tar'
     torch.save({**saved, 'args': 5}, bad_args)
-    rc, err = _run_main(capsys, image, '--checkpoint', bad_args, '--out', out)
-    assert rc == 2 and len(err) == 1 and str(bad_args) in err[0] and "'args' has type int" in err[0]
+    err = _failed_work(capsys, image, '--checkpoint', bad_args, '--out', out)
+    assert str(bad_args) in err and "'args' has type int" in err
     assert not out.exists()
 
 
 @pytest.fixture(scope='module')
 def exported_default(tmp_path_factory):
     """`timm-tm export` of a default-kwargs tm_resnet18_small (10 classes): model.safetensors + config.json."""
-    from timm_tm.hub import export_main
+    from timm_tm.cli import main as timm_tm_main
 
     tmp = tmp_path_factory.mktemp('exported')
     torch.save(timm.create_model('tm_resnet18_small', num_classes=10).state_dict(), tmp / 'w.pth')
     folder = tmp / 'export'
-    assert export_main([str(tmp / 'w.pth'), '--model', 'tm_resnet18_small', '--out', str(folder)]) == 0
+    assert timm_tm_main(['export', str(tmp / 'w.pth'), '--model', 'tm_resnet18_small', '--out', str(folder)]) == 0
     return folder
 
 
 def test_bad_safetensors_and_configs_are_one_line_errors(trained, exported_default, tmp_path, capsys):
     import shutil
 
-    from test_pretrained import _corrupt
+    from offline_hub import corrupt_file
 
     _, _, (digits, labels) = trained
     (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
     out = tmp_path / 'o.png'
     plain = tmp_path / 'plain.safetensors'  # no config.json beside it: no recorded SHA-256, the header is checked
     plain.write_bytes((exported_default / 'model.safetensors').read_bytes())
-    _corrupt(plain, 'truncated')
+    corrupt_file(plain, 'truncated')
     cases = [
         ('altered', 'altered or truncated'),
         ('truncated', 'altered or truncated'),
@@ -335,38 +349,39 @@ def test_bad_safetensors_and_configs_are_one_line_errors(trained, exported_defau
         if how:
             shutil.copytree(exported_default, tmp_path / how)
             weights = tmp_path / how / 'model.safetensors'
-            _corrupt(weights, how)
-        rc, err = _run_main(capsys, image, '--model', 'tm_resnet18_small', '--checkpoint', weights, '--out', out)
-        assert rc == 2 and len(err) == 1 and needle in err[0] and str(weights) in err[0], err
+            corrupt_file(weights, how)
+        err = _failed_work(capsys, image, '--model', 'tm_resnet18_small', '--checkpoint', weights, '--out', out)
+        assert needle in err and str(weights) in err, err
 
     folder = tmp_path / 'five'
     shutil.copytree(exported_default, folder)
     config = json.loads((folder / 'config.json').read_text())
     config['label_names'] = 5
     (folder / 'config.json').write_text(json.dumps(config))
-    rc, err = _run_main(capsys, image, '--model', f'local-dir:{folder}', '--pretrained', '--out', out)
-    assert rc == 2 and len(err) == 1 and str(folder / 'config.json') in err[0] and 'label_names' in err[0], err
+    err = _failed_work(capsys, image, '--model', f'local-dir:{folder}', '--pretrained', '--out', out)
+    assert str(folder / 'config.json') in err and 'label_names' in err, err
     assert not out.exists()
 
 
 @pytest.mark.parametrize(
-    'argv, needle',
+    'argv, status, needle',
     [
-        (['--dpi', '0'], '--dpi'),
-        (['--dpi', '100000'], '--dpi'),
-        (['--num-classes', '0'], '--num-classes'),
-        (['--device', 'bogus'], '--device bogus'),
-        (['--device', 'cuda:99'], '--device cuda:99'),
-        (['--pretrained', '--model', 'tm_resnet18_small', '--use-ema'], '--use-ema'),
+        (['--dpi', '0'], 2, '--dpi must be between 1 and 600, got 0'),
+        (['--dpi', '100000'], 2, '--dpi must be between 1 and 600, got 100000'),
+        (['--num-classes', '0'], 2, '--num-classes must be >= 1, got 0'),
+        (['--pretrained', '--model', 'tm_resnet18_small', '--use-ema'], 2, '--use-ema'),
+        (['--device', 'bogus'], 1, '--device bogus'),  # a device is tried on this machine: failed work
+        (['--device', 'cuda:99'], 1, '--device cuda:99'),
     ],
 )
-def test_bad_options_are_one_line_errors(trained, tmp_path, capsys, argv, needle):
+def test_bad_options_are_one_line_errors(trained, tmp_path, capsys, argv, status, needle):
     _, ckpt, (digits, labels) = trained
     (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
     if '--pretrained' not in argv:
         argv = [*argv, '--checkpoint', str(ckpt)]
-    rc, err = _run_main(capsys, image, '--out', tmp_path / 'o.png', *argv)
-    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    argv = [image, '--out', tmp_path / 'o.png', *argv]
+    err = _wrong_arguments(capsys, *argv) if status == 2 else _failed_work(capsys, *argv)
+    assert needle in err, err
     assert not (tmp_path / 'o.png').exists()
 
 
@@ -374,8 +389,9 @@ def test_bad_options_are_one_line_errors(trained, tmp_path, capsys, argv, needle
 def test_cuda_without_a_gpu_is_a_one_line_error(trained, tmp_path, capsys):
     _, ckpt, (digits, labels) = trained
     (image,) = _write_digits(tmp_path, digits[:1], labels[:1])
-    rc, err = _run_main(capsys, image, '--checkpoint', ckpt, '--device', 'cuda', '--out', tmp_path / 'o.png')
-    assert rc == 2 and len(err) == 1 and '--device cuda' in err[0]
+    assert '--device cuda' in _failed_work(
+        capsys, image, '--checkpoint', ckpt, '--device', 'cuda', '--out', tmp_path / 'o.png'
+    )
 
 
 def _png_header(path, width: int, height: int) -> None:
@@ -396,9 +412,14 @@ def test_a_decompression_bomb_is_reported_and_the_other_images_drawn(trained, tm
     _png_header(bomb, 15000, 15000)
     first, last = _write_digits(tmp_path, digits[:2], labels[:2])
     out = tmp_path / 'out'
-    rc, err = _run_main(capsys, first, bomb, last, '--checkpoint', ckpt, '--out', f'{out}/')
-    assert rc == 1 and len(err) == 1 and str(bomb) in err[0] and 'DecompressionBomb' in err[0], err
+    err = _failed_work(capsys, first, bomb, last, '--checkpoint', ckpt, '--out', f'{out}/')
+    assert str(bomb) in err and 'DecompressionBomb' in err, err
+    # no temporary file left beside the pictures, which are as readable as any file the user makes
     assert sorted(p.name for p in out.iterdir()) == sorted([f'{first.stem}.png', f'{last.stem}.png'])
+    assert all((p.stat().st_mode & 0o777) == 0o666 & ~process_umask() for p in out.iterdir())
+
+    rc, err = _run_main(capsys, first, '--checkpoint', ckpt, '--out', out / 'again.png')
+    assert rc == 0 and err == [] and (out / 'again.png').is_file()
 
 
 def test_16_bit_and_float_images_are_seen_as_their_8_bit_version(trained, tmp_path):

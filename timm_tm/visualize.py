@@ -22,15 +22,18 @@ disk), else the pretrained cfg (``label_names``, or timm's ImageNet class descri
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
+from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
 
+# read_checkpoint is shared with `timm-tm export`: the same EMA choice, args and checks
 from timm_tm.checkpoints import (
     CheckpointError,
     check_label_names,
@@ -42,9 +45,12 @@ from timm_tm.checkpoints import (
     read_label_names_file,
 )
 from timm_tm.class_maps import BlockClassMap, compute_class_maps_and_output, find_tm_blocks
+from timm_tm.cli import command_parser, report_error
+from timm_tm.files import atomic_write
 
 __all__ = [
     'BestClassPanel',
+    'VisualizeError',
     'read_checkpoint',
     'open_image',
     'render_image',
@@ -52,11 +58,13 @@ __all__ = [
     'check_outputs',
     'load_model',
     'resolve_label_names',
+    'class_palette',
     'plot_class_maps',
     'figure_size',
     'main',
 ]
 
+COMMAND = 'visualize'
 PANEL_INCHES = 2.2  # side of one image panel
 TITLE_INCHES = 0.55  # room for a row's titles
 COLORBAR_WIDTH = 0.07  # colour bar width, in panels
@@ -66,6 +74,7 @@ CELL_LABELS_UP_TO = 64  # regions in a map whose best class is also written in e
 MAX_LEGEND = 20  # classes named in a legend (by area); the rest are drawn in grey as 'other'
 OTHER_COLOR = (0.6, 0.6, 0.6)
 MAX_DPI = 600  # a picture is ~19 x 6 inches per two blocks: 600 dpi is already ~40 megapixels
+USE_EMA_WITHOUT_CHECKPOINT = '--use-ema picks the EMA weights of a --checkpoint: give one, or leave out --use-ema'
 
 
 class BestClassPanel(NamedTuple):
@@ -85,6 +94,11 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _note(message: str) -> None:
+    """A remark that is not an error (ignored names, rescaled pixels, random weights): one line on stderr."""
+    print(f'timm-tm {COMMAND}: {message}', file=sys.stderr)
+
+
 def _require_matplotlib():
     try:
         import matplotlib  # noqa: F401
@@ -96,7 +110,51 @@ def _require_matplotlib():
 # model and checkpoint
 
 
-# read_checkpoint (timm_tm.checkpoints) is shared with `timm-tm export`: the same EMA choice, args and checks
+class _CheckpointModel(NamedTuple):
+    """A checkpoint read for building its model: weights, metadata, and the ``timm.create_model`` arguments."""
+
+    state_dict: Dict[str, torch.Tensor]
+    meta: Dict[str, Any]
+    model_name: str
+    kwargs: Dict[str, Any]  # with num_classes when known
+
+
+def _read_model_checkpoint(
+    checkpoint: str,
+    model_name: Optional[str],
+    num_classes: Optional[int],
+    use_ema: bool,
+) -> _CheckpointModel:
+    """Read ``checkpoint`` as ``timm-tm export`` does; the model's name and kwargs follow its training run."""
+    try:
+        state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
+        args = meta['args']
+        kwargs = model_kwargs_from_args(args, checkpoint)
+        if num_classes is None:
+            num_classes = num_classes_from(args, state_dict, checkpoint)
+    except CheckpointError as e:
+        raise VisualizeError(str(e)) from e
+    model_name = model_name or meta.get('arch') or args.get('model')
+    if not model_name:
+        raise VisualizeError(f'{checkpoint} does not name its model: pass --model')
+    templates = [v for k, v in state_dict.items() if k.endswith('.templates.weight')]
+    if templates and num_classes and 'templates_per_class' not in kwargs:
+        # the stored templates are num_classes x templates_per_class rows
+        templates_per_class = templates[0].shape[0] // num_classes
+        if templates_per_class > 1:
+            kwargs['templates_per_class'] = templates_per_class
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    return _CheckpointModel(state_dict, meta, model_name, kwargs)
+
+
+def _create_model(model_name: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
+    """``timm.create_model``; what fails (an unknown model, bad kwargs, an unreachable Hub, altered weights) is
+    one line, whatever timm raised."""
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except Exception as e:
+        raise VisualizeError(f'cannot create model {model_name!r}: {_one_line(e)}') from e
 
 
 def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
@@ -121,6 +179,12 @@ def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Te
     model.load_state_dict(state_dict, strict=True)
 
 
+def _check_finite_weights(model: nn.Module, source: str) -> None:
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise VisualizeError(f'{source}: non-finite weights (NaN / inf) in {bad[:4]}')
+
+
 def load_model(
     model_name: Optional[str],
     checkpoint: Optional[str] = None,
@@ -135,49 +199,20 @@ def load_model(
     ``templates_per_class`` the stored templates, so that the state_dict loads strictly. Weights that are not all
     finite are refused, whatever their source.
     """
-    import timm
-
-    import timm_tm  # noqa: F401  (registers the tm_* models)
-
-    meta: Dict[str, Any] = {}
-    state_dict = None
-    kwargs: Dict[str, Any] = {}
+    state_dict, meta = None, {}
+    kwargs = {} if num_classes is None else {'num_classes': num_classes}
     if checkpoint:
-        try:
-            state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
-            args = meta['args']
-            kwargs.update(model_kwargs_from_args(args, checkpoint))
-            if num_classes is None:
-                num_classes = num_classes_from(args, state_dict, checkpoint)
-        except CheckpointError as e:
-            raise VisualizeError(str(e)) from e
-        model_name = model_name or meta.get('arch') or args.get('model')
-        if not model_name:
-            raise VisualizeError(f'{checkpoint} does not name its model: pass --model')
-        templates = [v for k, v in state_dict.items() if k.endswith('.templates.weight')]
-        if templates and num_classes and 'templates_per_class' not in kwargs:
-            m = templates[0].shape[0] // num_classes
-            if m > 1:
-                kwargs['templates_per_class'] = m
+        state_dict, meta, model_name, kwargs = _read_model_checkpoint(checkpoint, model_name, num_classes, use_ema)
     elif use_ema:
-        raise VisualizeError('--use-ema picks the EMA weights of a --checkpoint: give one, or leave out --use-ema')
+        raise VisualizeError(USE_EMA_WITHOUT_CHECKPOINT)
     if not model_name:
         raise VisualizeError('--model is required (or a --checkpoint that names its model)')
-    if num_classes is not None:
-        kwargs['num_classes'] = num_classes
-    try:
-        model = timm.create_model(model_name, pretrained=pretrained and not checkpoint, **kwargs)
-    except (
-        Exception
-    ) as e:  # unknown model, bad kwargs, unreachable Hub, altered weights: one line, whatever timm raised
-        raise VisualizeError(f'cannot create model {model_name!r}: {_one_line(e)}') from e
+    model = _create_model(model_name, pretrained and not checkpoint, kwargs)
     if state_dict is not None:
         arch = meta.get('arch')
         what = f'{checkpoint} does not fit model {model_name!r}' + (f' (it was saved from {arch!r})' if arch else '')
         _load_state_dict_or_explain(model, state_dict, what)
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise VisualizeError(f'{checkpoint or model_name}: non-finite weights (NaN / inf) in {bad[:4]}')
+    _check_finite_weights(model, checkpoint or model_name)
     try:
         find_tm_blocks(model)
     except ValueError as e:
@@ -225,8 +260,6 @@ def resolve_label_names(
     except CheckpointError as e:
         raise VisualizeError(str(e)) from e
     if imagenet:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
-
         subset = infer_imagenet_subset(model)
         if subset:
             info = ImageNetInfo(subset)
@@ -238,10 +271,7 @@ def resolve_label_names(
             continue
         if len(names) == num_classes:
             return [str(n) for n in names]
-        print(
-            f'timm-tm visualize: ignoring {len(names)} label names from {source} for {num_classes} classes',
-            file=sys.stderr,
-        )
+        _note(f'ignoring {len(names)} label names from {source} for {num_classes} classes')
     return [str(i) for i in range(num_classes)]
 
 
@@ -284,6 +314,112 @@ def _to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return img[0].numpy() if c == 1 else img[:3].permute(1, 2, 0).numpy()
 
 
+def _new_figure(num_blocks: int, top_k: int, title: str, dpi: int):
+    """An empty picture and its grid: a row per block, the columns of :func:`_width_ratios`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figure_size(num_blocks, top_k), dpi=dpi)
+    ratios = _width_ratios(top_k)
+    grid = fig.add_gridspec(
+        num_blocks,
+        len(ratios),
+        width_ratios=ratios,
+        left=0.03,
+        right=0.99,
+        top=1 - 0.6 / fig.get_figheight(),
+        bottom=0.02,
+        wspace=0.12,
+        hspace=0.35,
+    )
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va='top')
+    return fig, grid
+
+
+def _draw_input(ax, image: np.ndarray, row_label: str) -> None:
+    """The model's input, H x W x 3 (or H x W gray) in [0, 1], labelled with its row's block."""
+    ax.imshow(image, **(dict(cmap='gray', vmin=0, vmax=1) if image.ndim == 2 else {}))
+    ax.set_title('input', fontsize=9)
+    ax.set_ylabel(row_label, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_overlays(axes: Sequence[Any], gray: np.ndarray, class_maps: torch.Tensor, titles: Sequence[str]):
+    """Each of the K x h x w ``class_maps`` upsampled to the H x W ``gray`` image and overlaid on it, on one colour
+    scale; returns the last overlay (its norm and colormap make the colour bar)."""
+    img_h, img_w = gray.shape
+    upsampled = F.interpolate(class_maps[None], size=(img_h, img_w), mode='bilinear', align_corners=False)[0]
+    vmin, vmax = float(upsampled.min()), float(upsampled.max())
+    for ax, heat_map, title in zip(axes, upsampled, titles):
+        ax.imshow(gray, cmap='gray', vmin=0, vmax=1.6)  # dimmed, so that the heat reads over it
+        heat = ax.imshow(heat_map.numpy(), cmap='inferno', alpha=0.7, vmin=vmin, vmax=vmax)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return heat
+
+
+def _draw_colorbar(fig, cax, heat) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=heat.norm, cmap=heat.cmap), cax=cax)  # opaque, unlike the overlay
+    cax.tick_params(labelsize=7)
+    cax.set_ylabel('match score (temperature x cos)', fontsize=7)
+
+
+def _draw_best_class(
+    ax,
+    best: np.ndarray,
+    palette: Dict[int, Tuple[float, float, float]],
+    label_names: Sequence[str],
+    image_size: Tuple[int, int],
+) -> None:
+    """The h x w best-class map in the palette's colours, stretched over the H x W image's extent."""
+    img_h, img_w = image_size
+    h, w = best.shape
+    rgb = np.array([[palette[int(c)] for c in line] for line in best], dtype=np.float32)
+    # one flat colour per region
+    ax.imshow(rgb, interpolation='nearest', extent=(-0.5, img_w - 0.5, img_h - 0.5, -0.5))
+    ax.set_xlim(-0.5, img_w - 0.5)
+    ax.set_ylim(img_h - 0.5, -0.5)
+    ax.set_title('best-matching class', fontsize=9)
+    if h * w <= CELL_LABELS_UP_TO and max(len(label_names[c]) for c in palette) <= 3:
+        # short names fit in the regions; written a little below the centre, away from a region's corner
+        for (i, j), c in np.ndenumerate(best):
+            x, y = (j + 0.5) * img_w / w - 0.5, (i + 0.6) * img_h / h - 0.5
+            ax.text(x, y, label_names[c], ha='center', va='center', fontsize=8, color='white')
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_legend(
+    ax, best: np.ndarray, palette: Dict[int, Tuple[float, float, float]], label_names: Sequence[str]
+) -> None:
+    """The classes of the h x w best-class map with their regions, largest first; the unnamed ones as 'other'."""
+    from matplotlib.patches import Patch
+
+    ax.axis('off')
+    counts = {c: int((best == c).sum()) for c in palette}
+    named = [c for c in palette if palette[c] != OTHER_COLOR]
+    handles = [Patch(color=palette[c], label=f'{label_names[c]} ({counts[c]})') for c in named]
+    rest = sum(counts[c] for c in palette if palette[c] == OTHER_COLOR)
+    if rest:
+        handles.append(Patch(color=OTHER_COLOR, label=f'other ({rest})'))
+    ax.legend(handles=handles, loc='center left', fontsize=8, frameon=False, title='class (regions)', title_fontsize=8)
+
+
+def _top_classes(
+    block: BlockClassMap, probs: Optional[torch.Tensor], top_k: int, label_names: Sequence[str]
+) -> Tuple[List[int], List[str]]:
+    """The ``top_k`` classes by probability (else by the block's class evidence), and their panel titles."""
+    evidence = block.class_evidence[0].float().cpu()
+    top = (probs if probs is not None else evidence).topk(top_k).indices.tolist()
+    if probs is not None:
+        return top, [f'{label_names[c]}  (p={float(probs[c]):.2f})' for c in top]
+    return top, [f'{label_names[c]}  (e={float(evidence[c]):.1f})' for c in top]
+
+
 def plot_class_maps(
     image: np.ndarray,
     maps: Dict[str, BlockClassMap],
@@ -302,103 +438,31 @@ def plot_class_maps(
         probs: N class probabilities of the model's prediction; the top ``top_k`` classes are drawn (by default
             the classes with the most class evidence in each block).
     """
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    num_classes = len(label_names)
-    top_k = max(1, min(top_k, num_classes))
-    fig = Figure(figsize=figure_size(len(maps), top_k), dpi=dpi)
-    ratios = _width_ratios(top_k)
-    grid = fig.add_gridspec(
-        len(maps),
-        len(ratios),
-        width_ratios=ratios,
-        left=0.03,
-        right=0.99,
-        top=1 - 0.6 / fig.get_figheight(),
-        bottom=0.02,
-        wspace=0.12,
-        hspace=0.35,
-    )
-    if title:
-        fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig.get_figheight(), va='top')
-    img_h, img_w = image.shape[:2]
+    top_k = max(1, min(top_k, len(label_names)))
+    fig, grid = _new_figure(len(maps), top_k, title, dpi)
     gray = image if image.ndim == 2 else image.mean(axis=2)
-    image_kw = dict(cmap='gray', vmin=0, vmax=1) if image.ndim == 2 else {}
     panels = {}
     for row, (name, block) in enumerate(maps.items()):
         class_map = block.class_map[0].float().cpu()  # N x h x w
         h, w = class_map.shape[-2:]
-        ax = fig.add_subplot(grid[row, 0])
-        ax.imshow(image, **image_kw)
-        ax.set_title('input', fontsize=9)
-        ax.set_ylabel(f'{name}\n{h} x {w} regions', fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-
-        ranking = probs if probs is not None else block.class_evidence[0].float().cpu()
-        top = ranking.topk(top_k).indices.tolist()
-        upsampled = F.interpolate(class_map[top][None], size=(img_h, img_w), mode='bilinear', align_corners=False)[0]
-        vmin, vmax = float(upsampled.min()), float(upsampled.max())
-        for j, c in enumerate(top):
-            ax = fig.add_subplot(grid[row, 1 + j])
-            ax.imshow(gray, cmap='gray', vmin=0, vmax=1.6)  # dimmed, so that the heat reads over it
-            heat = ax.imshow(upsampled[j].numpy(), cmap='inferno', alpha=0.7, vmin=vmin, vmax=vmax)
-            score = f'p={float(probs[c]):.2f}' if probs is not None else f'e={float(block.class_evidence[0, c]):.1f}'
-            ax.set_title(f'{label_names[c]}  ({score})', fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        cax = fig.add_subplot(grid[row, 1 + top_k])
-        fig.colorbar(ScalarMappable(norm=heat.norm, cmap=heat.cmap), cax=cax)  # opaque, unlike the overlay
-        cax.tick_params(labelsize=7)
-        cax.set_ylabel('match score (temperature x cos)', fontsize=7)
-
+        _draw_input(fig.add_subplot(grid[row, 0]), image, f'{name}\n{h} x {w} regions')
+        top, titles = _top_classes(block, probs, top_k, label_names)
+        overlay_axes = [fig.add_subplot(grid[row, 1 + j]) for j in range(top_k)]
+        heat = _draw_overlays(overlay_axes, gray, class_map[top], titles)
+        _draw_colorbar(fig, fig.add_subplot(grid[row, 1 + top_k]), heat)
+        # column 2 + top_k is the gap that holds the colour bar's tick labels
         best = block.best_class[0].cpu().numpy()
-        palette = class_palette(best, num_classes)
-        rgb = np.array([[palette[int(c)] for c in line] for line in best], dtype=np.float32)
+        palette = class_palette(best, len(label_names))
         ax = fig.add_subplot(grid[row, 3 + top_k])
-        # the h x w map stretched over the image's extent, one flat colour per region
-        ax.imshow(rgb, interpolation='nearest', extent=(-0.5, img_w - 0.5, img_h - 0.5, -0.5))
-        ax.set_xlim(-0.5, img_w - 0.5)
-        ax.set_ylim(img_h - 0.5, -0.5)
-        ax.set_title('best-matching class', fontsize=9)
-        if h * w <= CELL_LABELS_UP_TO and max(len(label_names[c]) for c in palette) <= 3:
-            # short names fit in the regions; written a little below the centre, away from a region's corner
-            for (i, j), c in np.ndenumerate(best):
-                x, y = (j + 0.5) * img_w / w - 0.5, (i + 0.6) * img_h / h - 0.5
-                ax.text(x, y, label_names[c], ha='center', va='center', fontsize=8, color='white')
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _draw_best_class(ax, best, palette, label_names, gray.shape)
+        _draw_legend(fig.add_subplot(grid[row, 4 + top_k]), best, palette, label_names)
         panels[name] = BestClassPanel(ax, best, palette)
-
-        lax = fig.add_subplot(grid[row, 4 + top_k])
-        lax.axis('off')
-        counts = {c: int((best == c).sum()) for c in palette}
-        named = [c for c in palette if palette[c] != OTHER_COLOR]
-        handles = [Patch(color=palette[c], label=f'{label_names[c]} ({counts[c]})') for c in named]
-        rest = sum(counts[c] for c in palette if palette[c] == OTHER_COLOR)
-        if rest:
-            handles.append(Patch(color=OTHER_COLOR, label=f'other ({rest})'))
-        lax.legend(
-            handles=handles, loc='center left', fontsize=8, frameon=False, title='class (regions)', title_fontsize=8
-        )
     return fig, panels
 
 
-def _save_atomic(fig, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix='.png')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            fig.savefig(f, format='png', dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a picture is not
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _save_png(fig, path: Path, dpi: int) -> None:
+    """Write the picture atomically: a killed run leaves the old picture or the new one, never half of one."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
 
 
 def output_paths(out: str, images: Sequence[str]) -> List[Path]:
@@ -420,11 +484,9 @@ def output_paths(out: str, images: Sequence[str]) -> List[Path]:
     return paths
 
 
-def _scaled_to_8bit(im, path: str):
+def _scaled_to_8bit(im: Image.Image, path: str) -> Image.Image:
     """A 16-bit / 32-bit integer or float single-channel image as 8-bit 'L', scaled from its own range: PIL's
     ``convert`` would clip it (a 16-bit PNG saturates to white, a float TIFF in [0, 1] turns black)."""
-    from PIL import Image
-
     pixels = np.asarray(im, dtype=np.float64)
     if not np.isfinite(pixels).all():
         raise VisualizeError(f'{path}: the image has non-finite pixel values (NaN / inf)')
@@ -434,20 +496,15 @@ def _scaled_to_8bit(im, path: str):
     elif im.mode == 'F' and lo >= 0 and hi <= 1:
         pass  # the usual range of a float image
     else:
-        print(
-            f'timm-tm visualize: {path}: {im.mode} image with values in [{lo:g}, {hi:g}], shown scaled to [0, 1]',
-            file=sys.stderr,
-        )
+        _note(f'{path}: {im.mode} image with values in [{lo:g}, {hi:g}], shown scaled to [0, 1]')
         pixels = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
     return Image.fromarray(np.round(pixels * 255).astype(np.uint8), mode='L')
 
 
-def open_image(path: str, channels: int = 3):
+def open_image(path: str, channels: int = 3) -> Image.Image:
     """The image at ``path`` as an 8-bit PIL image with ``channels`` (3: 'RGB', 1: 'L'), high bit-depth and float
     images scaled rather than clipped; a ``VisualizeError`` naming ``path`` when it cannot be read (not an image,
     truncated, or a decompression bomb that PIL refuses to open)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.load()
@@ -491,6 +548,10 @@ def render_image(
     return fig, maps, panels
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
 def _same_file(a: str, b: str) -> bool:
     """True when paths ``a`` and ``b`` are one file: the same real path (links, ``..``), or hard links."""
     if os.path.realpath(a) == os.path.realpath(b):
@@ -521,9 +582,9 @@ def _check_device(name: str) -> torch.device:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog='timm-tm visualize',
-        description='Draw the per-region class maps of a TM model on images, one PNG per image.',
+    p = command_parser(
+        COMMAND,
+        'Draw the per-region class maps of a TM model on images, one PNG per image.',
         epilog='With several images, --out is a folder when it exists or ends with "/" (<out>/<image stem>.png); '
         'otherwise its stem is a prefix (--out maps.png writes maps_<image stem>.png).',
     )
@@ -542,9 +603,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    prog = 'timm-tm visualize'
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> List[Path]:
+    """The output path of each image; wrong arguments (a value out of range, an output that is an input) end the
+    command through ``parser.error`` (usage, the error line, exit status 2)."""
     for flag, value, lo, hi in (
         ('--classes', args.classes, 1, None),
         ('--dpi', args.dpi, 1, MAX_DPI),
@@ -552,51 +613,80 @@ def main(argv: Optional[List[str]] = None) -> int:
     ):
         if value is not None and (value < lo or (hi is not None and value > hi)):
             limits = f'>= {lo}' if hi is None else f'between {lo} and {hi}'
-            print(f'{prog}: {flag} must be {limits}, got {value}', file=sys.stderr)
-            return 2
+            parser.error(f'{flag} must be {limits}, got {value}')
+    if args.use_ema and not args.checkpoint:
+        parser.error(USE_EMA_WITHOUT_CHECKPOINT)
+    out_paths = output_paths(args.out, args.images)
+    inputs = {f'image {i + 1}': p for i, p in enumerate(args.images)}
+    inputs.update({'--checkpoint': args.checkpoint, '--label-names': args.label_names})
     try:
-        out_paths = output_paths(args.out, args.images)
-        inputs = {f'image {i + 1}': p for i, p in enumerate(args.images)}
-        inputs.update({'--checkpoint': args.checkpoint, '--label-names': args.label_names})
         check_outputs(out_paths, inputs)
-        device = _check_device(args.device)
-        _require_matplotlib()
-        from timm.data import create_transform, resolve_data_config
-
-        model, meta = load_model(args.model, args.checkpoint, args.pretrained, args.num_classes, args.use_ema)
-        model.to(device)
-        num_classes = next(iter(find_tm_blocks(model).values())).num_classes
-        label_names = resolve_label_names(model, num_classes, meta, args.label_names, imagenet=args.pretrained)
-        # the checkpoint's train args (input size, mean, std, crop) where set, else the model's pretrained cfg
-        try:
-            train_args = data_args_from_args(meta.get('args') or {}, str(args.checkpoint))
-        except CheckpointError as e:
-            raise VisualizeError(str(e)) from e
-        data_config = resolve_data_config(args=train_args, model=model)
-        transform = create_transform(**data_config, is_training=False)
     except VisualizeError as e:
-        print(f'{prog}: {e}', file=sys.stderr)
-        return 2
-    if not args.checkpoint and not args.pretrained:
-        print(
-            f'{prog}: no --checkpoint or --pretrained: random weights, the maps show nothing learned', file=sys.stderr
-        )
+        parser.error(str(e))
+    return out_paths
 
+
+class _Drawing(NamedTuple):
+    """What every image of one command is drawn with."""
+
+    model: nn.Module  # in eval mode, on ``device``
+    device: torch.device
+    label_names: List[str]
+    data_config: Dict[str, Any]  # timm's resolve_data_config: input_size, mean, std, ...
+    transform: Any  # timm's eval transform for data_config
+
+
+def _prepare(args: argparse.Namespace) -> _Drawing:
+    """The model, label names and preprocessing of the command; a VisualizeError when one of them fails."""
+    device = _check_device(args.device)
+    _require_matplotlib()
+    model, meta = load_model(args.model, args.checkpoint, args.pretrained, args.num_classes, args.use_ema)
+    model.to(device)
+    num_classes = next(iter(find_tm_blocks(model).values())).num_classes
+    label_names = resolve_label_names(model, num_classes, meta, args.label_names, imagenet=args.pretrained)
+    # the checkpoint's train args (input size, mean, std, crop) where set, else the model's pretrained cfg
+    try:
+        train_args = data_args_from_args(meta.get('args') or {}, str(args.checkpoint))
+    except CheckpointError as e:
+        raise VisualizeError(str(e)) from e
+    data_config = resolve_data_config(args=train_args, model=model)
+    transform = create_transform(**data_config, is_training=False)
+    return _Drawing(model, device, label_names, data_config, transform)
+
+
+def _draw_images(drawing: _Drawing, images: Sequence[str], out_paths: Sequence[Path], top_k: int, dpi: int) -> int:
+    """Draw and save each image's picture; returns how many failed (each reported, the others still drawn)."""
     failed = 0
-    for image_path, out_path in zip(args.images, out_paths):
+    for image_path, out_path in zip(images, out_paths):
         try:
             fig, *_ = render_image(
-                model, transform, image_path, label_names, data_config, args.classes, args.dpi, str(device)
-            )
-            _save_atomic(fig, out_path, args.dpi)
+                drawing.model, drawing.transform, image_path, drawing.label_names, drawing.data_config,
+                top_k, dpi, str(drawing.device),
+            )  # fmt: skip
+            _save_png(fig, out_path, dpi)
             print(f'{image_path} -> {out_path}')
         except VisualizeError as e:
-            print(f'{prog}: {e}', file=sys.stderr)
+            report_error(COMMAND, e)
             failed += 1
         except (OSError, RuntimeError) as e:  # cannot write the picture, out of memory: this image only
-            print(f'{prog}: {image_path}: {type(e).__name__}: {_one_line(e)}', file=sys.stderr)
+            report_error(COMMAND, f'{image_path}: {type(e).__name__}: {_one_line(e)}')
             failed += 1
-    return 1 if failed else 0
+    return failed
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``timm-tm visualize``: 0 when every picture was written, 1 when one failed (or the model could not be
+    loaded), 2 for wrong arguments (through argparse)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out_paths = _check_arguments(parser, args)
+    try:
+        drawing = _prepare(args)
+    except VisualizeError as e:
+        return report_error(COMMAND, e)
+    if not args.checkpoint and not args.pretrained:
+        _note('no --checkpoint or --pretrained: random weights, the maps show nothing learned')
+    return 1 if _draw_images(drawing, args.images, out_paths, args.classes, args.dpi) else 0
 
 
 if __name__ == '__main__':
