@@ -6,7 +6,9 @@ import re
 import pytest
 import torch
 
-from timm_tm.compare import build_model, build_parser, main, parse_variant
+from timm_tm.compare import main, parse_variant, runner
+from timm_tm.compare.cli import build_parser
+from timm_tm.compare.training import build_model
 
 pytest.importorskip('sklearn')
 
@@ -148,6 +150,32 @@ def test_a_longer_variant_trains_its_own_epochs(tmp_path):
     assert main(TINY + ['--seeds', '0', '--variants', 'baseline', 'baseline-ep2', '--out', str(out)]) == 0
     runs = {r['variant']: r for r in json.loads((out / 'results.json').read_text())['runs']}
     assert len(runs['baseline']['top1_per_epoch']) == 1 and len(runs['baseline-ep2']['top1_per_epoch']) == 2
+
+
+def test_a_failed_run_exits_1_with_one_error_line_and_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
+    """A run that fails (here: the TM run diverges) is work that failed: exit status 1, one line on stderr, the
+    same line in log.txt, the finished runs kept for --resume."""
+    train_one = runner.train_one
+
+    def diverging(variant, seed, *args, **kwargs):
+        if variant.name == 'tm':
+            raise FloatingPointError(f'{variant.name} seed {seed}: loss is nan at epoch 0')
+        return train_one(variant, seed, *args, **kwargs)
+
+    out = tmp_path / 'run'
+    args = TINY + ['--seeds', '0', '--variants', 'baseline', 'tm', '--out', str(out)]
+    monkeypatch.setattr(runner, 'train_one', diverging)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert line.startswith('timm-tm compare: error: tm seed 0: loss is nan at epoch 0 (finished runs are kept in ')
+    assert f'error: {line.split("error: ", 1)[1]}' in (out / 'log.txt').read_text().splitlines()
+    runs = json.loads((out / 'results.json').read_text())['runs']
+    assert [(r['variant'], r['seed']) for r in runs] == [('baseline', 0)]
+    assert not (out / 'results.md').exists()
+    monkeypatch.setattr(runner, 'train_one', train_one)
+    assert main(args + ['--resume']) == 0
+    assert '1 finished run(s) kept, 1 to go' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,181 @@
+"""The data of a comparison: the same batches, in the same order, for every variant of a seed.
+
+Two pipelines give one interface (:class:`Data`): in-memory grayscale arrays (scikit-learn digits, cluttered MNIST
+from :mod:`timm_tm.data`) as tensors with random shifts, and an ImageFolder through timm's ``create_dataset`` /
+``create_loader``.
+"""
+
+import argparse
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import create_dataset, create_loader
+
+from timm_tm.data import load_digits_arrays, load_mnist_npz, make_cluttered, split_arrays
+
+__all__ = ['Data', 'DATASETS', 'load_data', 'check_splits', 'check_image_folder', 'seed_everything']
+
+DATASETS = ('digits', 'cluttered-mnist')
+
+Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Data:
+    """Train / val batches for one run: ``train_batches(epoch)`` and ``val_batches()`` yield (B x C x H x W, B)."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+    num_train: int
+    num_val: int
+    train_batches: Callable[[int], Batches]
+    val_batches: Callable[[], Batches]
+    batches_per_epoch: int
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs (timm's transforms, workers and Mixup draw from them)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data:
+    """The data of ``args`` for the runs of ``seed``: ``--data-dir`` if given, else ``--dataset``. Raises
+    ValueError / OSError for data a comparison cannot use."""
+    if args.data_dir:
+        return _folder_data(args, seed, device)
+    images, labels = load_digits_arrays() if args.dataset == 'digits' else load_mnist_npz(args.mnist_npz or None)
+    # a fixed split (and fixed clutter, seeds 1 / 2): seeds vary the models and the batch order, not the data
+    splits = split_arrays(images, labels, val_fraction=0.2, seed=0)
+    if args.dataset != 'digits':
+        splits = {
+            'train': make_cluttered(*_subsample(*splits['train'], args.train_size, 0), canvas=args.canvas, seed=1),
+            'val': make_cluttered(*_subsample(*splits['val'], args.val_size, 0), canvas=args.canvas, seed=2),
+        }
+    elif args.train_size or args.val_size:
+        splits = {
+            'train': _subsample(*splits['train'], args.train_size, 0),
+            'val': _subsample(*splits['val'], args.val_size, 0),
+        }
+    check_splits(splits['train'][1], splits['val'][1])
+    return _array_data(args.dataset, splits, args, seed)
+
+
+def check_splits(train_labels: np.ndarray, val_labels: np.ndarray) -> None:
+    """Refuse a comparison that cannot tell models apart: empty splits, one class, val classes never trained on."""
+    if len(train_labels) == 0 or len(val_labels) == 0:
+        raise ValueError(f'empty split: {len(train_labels)} train and {len(val_labels)} val images')
+    train_classes = set(np.unique(train_labels).tolist())
+    if len(train_classes) < 2:
+        raise ValueError(f'the training split has {len(train_classes)} class: a comparison needs at least 2')
+    unseen = sorted(set(np.unique(val_labels).tolist()) - train_classes)
+    if unseen:
+        raise ValueError(f'val classes {unseen} have no training images: every val class must occur in train')
+
+
+def check_image_folder(data_dir: str) -> None:
+    """Raise ValueError unless ``data_dir`` holds the ImageFolder splits ``train/`` and ``val/``."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(f'--data-dir {data_dir!r} is not a directory')
+    missing = [s for s in ('train', 'val') if not (root / s).is_dir()]
+    if missing:
+        raise ValueError(
+            f'--data-dir {data_dir!r} must hold ImageFolder splits train/ and val/ (one sub-folder per class); '
+            f'missing: {", ".join(m + "/" for m in missing)}'
+        )
+
+
+def _subsample(x: np.ndarray, y: np.ndarray, n: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``n`` of the (image, label) pairs, drawn with ``seed``, in their original order (all of them for None)."""
+    if n is None or n >= len(y):
+        return x, y
+    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    return x[idx], y[idx]
+
+
+def _resize(images: np.ndarray, size: int) -> torch.Tensor:
+    """N x h x w uint8 -> N x 1 x size x size float in [0, 1] (bilinear; antialiased when shrinking)."""
+    x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
+    return x
+
+
+def _array_data(
+    name: str, splits: Dict[str, Tuple[np.ndarray, np.ndarray]], args: argparse.Namespace, seed: int
+) -> Data:
+    """A tensor pipeline over in-memory grayscale arrays: random shifts (zero padding) as augmentation."""
+    x_train, y_train = splits['train']
+    x_val, y_val = splits['val']
+    train_x, val_x = _resize(x_train, args.img_size), _resize(x_val, args.img_size)
+    mean, std = train_x.mean().item(), train_x.std().item()
+    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    pad_value = -mean / std  # zero intensity after normalization
+    train_y, val_y = torch.from_numpy(y_train), torch.from_numpy(y_val)
+    num_classes = int(max(y_train.max(), y_val.max())) + 1
+    bs, shift = args.batch_size, args.shift
+
+    def train_batches(epoch: int) -> Batches:
+        # own generator per (seed, epoch): the same order and shifts for every variant
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        order = torch.randperm(len(train_x), generator=g)
+        for i in range(0, len(order) - bs + 1, bs):  # drop_last, as timm's train loader
+            idx = order[i : i + bs]
+            x = train_x[idx]
+            if shift > 0:
+                s = args.img_size
+                x = F.pad(x, (shift,) * 4, value=pad_value)
+                dy = torch.randint(0, 2 * shift + 1, (len(idx),), generator=g)
+                dx = torch.randint(0, 2 * shift + 1, (len(idx),), generator=g)
+                x = torch.stack([x[j, :, dy[j] : dy[j] + s, dx[j] : dx[j] + s] for j in range(len(idx))])
+            yield x, train_y[idx]
+
+    def val_batches() -> Batches:
+        for i in range(0, len(val_x), 256):
+            yield val_x[i : i + 256], val_y[i : i + 256]
+
+    return Data(
+        name, num_classes, 1, args.img_size, len(train_x), len(val_x), train_batches, val_batches,
+        len(train_x) // bs,
+    )  # fmt: skip
+
+
+def _folder_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data:
+    """An ImageFolder dataset through timm's create_dataset / create_loader (RGB, ImageNet mean / std)."""
+    check_image_folder(args.data_dir)
+    ds_train = create_dataset('', root=args.data_dir, split='train', is_training=True)
+    ds_val = create_dataset('', root=args.data_dir, split='val', class_map=ds_train.reader.class_to_idx)
+    num_classes = len(ds_train.reader.class_to_idx)
+    if len(ds_train) == 0 or len(ds_val) == 0:
+        raise ValueError(f'--data-dir {args.data_dir!r}: no images found in train/ or val/')
+    input_size = (3, args.img_size, args.img_size)
+    prefetch = device.type == 'cuda'
+    common = dict(num_workers=args.workers, device=device, use_prefetcher=prefetch, pin_memory=prefetch)
+    train_loader = create_loader(
+        ds_train, input_size, args.batch_size, is_training=True, hflip=args.hflip,
+        scale=tuple(args.scale) if args.scale else None, color_jitter=args.color_jitter,
+        auto_augment=args.auto_augment, re_prob=args.reprob, persistent_workers=False, **common,
+    )  # fmt: skip
+    val_loader = create_loader(ds_val, input_size, 256, is_training=False, crop_pct=1.0, **common)
+
+    def train_batches(epoch: int) -> Batches:
+        # seed the sampler, the workers and the transforms' RNGs: the same stream for every variant
+        seed_everything(seed * 100003 + epoch)
+        yield from train_loader
+
+    def val_batches() -> Batches:
+        yield from val_loader
+
+    return Data(
+        Path(args.data_dir).name, num_classes, 3, args.img_size, len(ds_train), len(ds_val), train_batches,
+        val_batches, len(train_loader),
+    )  # fmt: skip

@@ -1,0 +1,125 @@
+"""Variant names: ``baseline[-ep<int>]`` or ``tm[-option...]`` -> the model overrides they stand for.
+
+The options are listed in the docstring of :mod:`timm_tm.compare`; ``control_pairs`` says which variants a
+comparison sets against which.
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    'Variant', 'parse_variant', 'expand_variant_names', 'control_pairs', 'DEFAULT_VARIANTS', 'ABLATION_VARIANTS',
+]  # fmt: skip
+
+DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-embtied')
+ABLATION_VARIANTS = ('baseline', 'tm', 'tm-noguide', 'tm-w0', 'tm-fixw', 'tm-m2', 'tm-m4', 'tm-s4')
+
+# option token -> the model's ``embedding`` argument
+_EMBED_TOKENS = {'noembed': 'none', 'embtemplates': 'templates', 'embclasses': 'classes', 'embtied': 'tied'}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named model configuration: keyword overrides for ``timm.create_model``, whether w is frozen, and the
+    variant's own epoch count (``None``: the recipe's)."""
+
+    name: str
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    freeze_evidence_weight: bool = False
+    epochs: Optional[int] = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model_kwargs.get('tm_stages', None) == ()
+
+
+def parse_variant(name: str) -> Variant:
+    """``'baseline[-ep<int>]'`` or ``'tm[-option...]'`` (see the module docstring) -> Variant. Raises ValueError."""
+    parts = name.split('-')
+    if parts[0] not in ('baseline', 'tm'):
+        raise ValueError(f"unknown variant {name!r}: expected 'baseline' or 'tm[-option...]' (e.g. tm-noembed)")
+    kwargs: Dict[str, Any] = {'tm_stages': ()} if parts[0] == 'baseline' else {}
+    freeze = False
+    epochs = None
+    for tok in parts[1:]:
+        if m := re.fullmatch(r'ep(\d+)', tok):
+            if int(m.group(1)) < 1:
+                raise ValueError(f'variant {name!r}: epochs must be >= 1, got {tok!r}')
+            epochs = int(m.group(1))
+        elif parts[0] == 'baseline':
+            raise ValueError(f'unknown option {tok!r} in variant {name!r}: the baseline takes only ep<int>')
+        elif tok in ('fixw', 'noguide'):
+            freeze = True
+            if tok == 'noguide':  # no label guidance: w frozen at 0
+                kwargs['evidence_weight_init'] = 0.0
+        else:
+            kwargs.update(_tm_option(name, tok))
+    return Variant(name, kwargs, freeze, epochs)
+
+
+def _tm_option(name: str, tok: str) -> Dict[str, Any]:
+    """The model keyword arguments of one option ``tok`` of the TM variant ``name``. Raises ValueError."""
+    if m := re.fullmatch(r'm(\d+)', tok):
+        if int(m.group(1)) < 1:
+            raise ValueError(f'variant {name!r}: templates per class must be >= 1, got {tok!r}')
+        return {'templates_per_class': int(m.group(1))}
+    if m := re.fullmatch(r's([1-4]+)', tok):
+        stages = tuple(int(c) for c in m.group(1))
+        if len(set(stages)) != len(stages):
+            raise ValueError(f'variant {name!r}: repeated stage in {tok!r}')
+        return {'tm_stages': tuple(sorted(stages))}
+    if m := re.fullmatch(r'w(-?\d+(?:\.\d+)?)', tok):
+        return {'evidence_weight_init': float(m.group(1))}
+    if m := re.fullmatch(r't(\d+(?:\.\d+)?)', tok):
+        if float(m.group(1)) <= 0:
+            raise ValueError(f'variant {name!r}: temperature must be > 0, got {tok!r}')
+        return {'temperature_init': float(m.group(1))}
+    if tok in ('max', 'lse'):
+        return {'evidence_pool': 'max' if tok == 'max' else 'logsumexp'}
+    if tok in _EMBED_TOKENS:
+        return {'embedding': _EMBED_TOKENS[tok]}
+    if tok in ('evgrad', 'evlogits'):
+        return {'evidence_mode': 'gradient' if tok == 'evgrad' else 'logits'}
+    raise ValueError(
+        f'unknown option {tok!r} in variant {name!r}: expected m<int>, s<stages>, w<float>, t<float>, '
+        f'fixw, noguide, max, lse, {", ".join(_EMBED_TOKENS)}, evgrad, evlogits or ep<int>'
+    )
+
+
+def expand_variant_names(requested: Sequence[str]) -> List[str]:
+    """``--variants`` as names: ``'ablations'`` stands for ``ABLATION_VARIANTS``; repeats are dropped, order kept."""
+    names: List[str] = []
+    for v in requested:
+        for n in ABLATION_VARIANTS if v == 'ablations' else (v,):
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
+    """(variant, reference) pairs worth a verdict: every variant against the baseline (of its own epoch count, for
+    an ``-ep<E>`` variant, when there is one); a variant with an embedding
+    against its evidence-only twin (the same variant without embedding, e.g. ``tm`` for ``tm-embtied``); a variant
+    against its ``-noguide`` control (the same blocks without label guidance) when they were run."""
+    parsed = {v: parse_variant(v) for v in variants}
+    pairs = []
+    for v, pv in parsed.items():  # against the baseline trained as long (``baseline-ep<E>`` for ``-ep<E>`` variants)
+        reference = 'baseline' if pv.epochs is None or pv.is_baseline else f'baseline-ep{pv.epochs}'
+        if v != reference and reference in parsed:
+            pairs.append((v, reference))
+
+    def without(variant: Variant, key: str) -> Tuple:
+        kwargs = {k: v for k, v in variant.model_kwargs.items() if k != key}
+        return tuple(sorted(kwargs.items())), variant.freeze_evidence_weight, variant.epochs
+
+    for a, va in parsed.items():
+        if va.is_baseline:
+            continue
+        if va.model_kwargs.get('embedding', 'none') != 'none':
+            pairs += [(a, b) for b, vb in parsed.items() if b != a and not vb.is_baseline
+                      and vb.model_kwargs.get('embedding', 'none') == 'none'
+                      and without(vb, 'embedding') == without(va, 'embedding')]  # fmt: skip
+        if f'{a}-noguide' in parsed:
+            pairs.append((a, f'{a}-noguide'))
+    return pairs
