@@ -604,8 +604,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> List[Path]:
-    """The output path of each image; wrong arguments (a value out of range, an output that is an input) end the
-    command through ``parser.error`` (usage, the error line, exit status 2)."""
+    """The output path of each image; wrong arguments (a value out of range, a device this machine lacks, an output
+    that is an input) end the command through ``parser.error`` (usage, the error line, exit status 2)."""
     for flag, value, lo, hi in (
         ('--classes', args.classes, 1, None),
         ('--dpi', args.dpi, 1, MAX_DPI),
@@ -616,6 +616,10 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f'{flag} must be {limits}, got {value}')
     if args.use_ema and not args.checkpoint:
         parser.error(USE_EMA_WITHOUT_CHECKPOINT)
+    try:  # a device this machine lacks is a wrong argument, as in timm-tm compare
+        _check_device(args.device)
+    except VisualizeError as e:
+        parser.error(str(e))
     out_paths = output_paths(args.out, args.images)
     inputs = {f'image {i + 1}': p for i, p in enumerate(args.images)}
     inputs.update({'--checkpoint': args.checkpoint, '--label-names': args.label_names})
@@ -638,7 +642,7 @@ class _Drawing(NamedTuple):
 
 def _prepare(args: argparse.Namespace) -> _Drawing:
     """The model, label names and preprocessing of the command; a VisualizeError when one of them fails."""
-    device = _check_device(args.device)
+    device = torch.device(args.device)  # checked with the arguments
     _require_matplotlib()
     model, meta = load_model(args.model, args.checkpoint, args.pretrained, args.num_classes, args.use_ema)
     model.to(device)
