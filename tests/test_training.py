@@ -4,7 +4,7 @@
 ``ClassificationTask``, ``create_optimizer_v2``, ``NativeScaler`` and autocast drive a small tm_resnet on a real
 image folder; each test covers one flag: --amp (bf16, fp16 + GradScaler), --channels-last, --model-ema,
 --grad-checkpointing, --sync-bn, --torchcompile, --resume, --initial-checkpoint, --pretrained-path.
-DDP through torchrun is in test_ddp.py; the real train.py in test_train_script.py.
+DDP through torchrun is in test_ddp.py; the real train.py in test_scripts.py.
 """
 
 import argparse

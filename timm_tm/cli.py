@@ -1,6 +1,6 @@
 """``timm-tm`` (same as ``python -m timm_tm``): one entry point, a subcommand per task.
 
-Subcommands are imported only when run, so ``timm-tm --help`` stays fast. Every subcommand is a
+Subcommands are imported only when run (each brings its own optional dependencies). Every subcommand is a
 ``main(argv) -> int`` built on :func:`command_parser` and keeps one convention for its exit status:
 
 * 0: done;
@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 from typing import List, Optional
+
+from timm_tm import __version__
 
 # name -> (module:function taking argv, one-line help)
 COMMANDS = {
@@ -61,8 +63,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ('-V', '--version'):
-        from timm_tm import __version__
-
         print(f'timm-tm {__version__}')
         return 0
     name, rest = argv[0], argv[1:]
