@@ -45,7 +45,9 @@ def tm_at_identity(model: torch.nn.Module) -> bool:
 
     blocks = [m for m in model.modules() if isinstance(m, TemplateMatching)]
     assert blocks, 'no TM blocks: the check would prove nothing'
-    return all(not tm.state_dict()[k].any() for tm in blocks for k in tm.identity_state_keys())
+    keys = [(tm, k) for tm in blocks for k in tm.identity_state_keys()]
+    assert keys, "no identity keys (embedding='none', evidence_mode='gradient'): the check would prove nothing"
+    return all(not tm.state_dict()[k].any() for tm, k in keys)
 
 
 # marker -> why its tests are skipped unless ``-m`` names it

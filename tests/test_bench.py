@@ -5,11 +5,14 @@ numbers that must be consistent with each other (a ratio of medians).
 """
 
 import json
-import os
+import stat
+from pathlib import Path
 
 import pytest
 
-from timm_tm.bench import _write_json, main, parse_models
+from timm_tm.bench import cli as bench_cli
+from timm_tm.bench import main, parse_models
+from timm_tm.files import process_umask
 
 TINY = ['--img-size', '64', '--batch-size', '2', '--warmup', '1', '--min-seconds', '0', '--threads', '1']
 
@@ -93,6 +96,8 @@ def test_scale_sweep_grows_with_templates(tmp_path):
         (['--tm-stages', '3,3'], '--tm-stages'),
         (['--scale', '--scale-stages', '4;0'], '--scale-stages'),
         (['--scale', '--scale-templates-classes', '0'], '--scale-templates-classes'),
+        (['--scale-classes', '10,x'], '--scale-classes'),  # checked without --scale too: a typo is not ignored
+        (['--scale', '--scale-classes', '', '--scale-templates', '', '--scale-stages', ''], '--scale: nothing'),
     ],
 )
 def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):
@@ -138,12 +143,49 @@ def test_existing_output_is_kept_unless_force(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['bench.json']  # no temporary file left
 
 
-def test_results_file_that_appears_during_the_run_is_kept(tmp_path):
+def test_results_file_that_appears_during_the_run_is_kept(tmp_path, monkeypatch, capsys):
     out = tmp_path / 'bench.json'
-    out.write_text('written by someone else\n')
-    kept = _write_json(str(out), {'pairs': []})
+    real_bench_pair = bench_cli.bench_pair
+
+    def bench_pair_while_someone_writes_the_output(*args, **kwargs):
+        out.write_text('written by someone else\n')
+        return real_bench_pair(*args, **kwargs)
+
+    monkeypatch.setattr(bench_cli, 'bench_pair', bench_pair_while_someone_writes_the_output)
+    assert main([*QUICK, '-o', str(out)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f'timm-tm bench: error: --output {out} appeared during the run and is kept')
+    kept = Path(line.rsplit(' ', 1)[-1])
     assert out.read_text() == 'written by someone else\n'
-    assert kept and json.loads(open(kept).read()) == {'pairs': []}  # the results are not lost either
-    assert _write_json(str(tmp_path / 'new.json'), {'a': 1}) is None
-    assert json.loads((tmp_path / 'new.json').read_text()) == {'a': 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['bench.json', 'new.json', os.path.basename(kept)])
+    assert json.loads(kept.read_text())['pairs'][0]['tm_model'] == 'tm_resnet18'  # the results are not lost either
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['bench.json', kept.name])
+
+
+def test_output_that_cannot_be_written_after_the_run_is_one_error_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'results' / 'bench.json'  # its folder does not exist yet: made when the results are written
+    real_bench_pair = bench_cli.bench_pair
+
+    def bench_pair_while_the_folder_becomes_a_file(*args, **kwargs):
+        (tmp_path / 'results').write_text('not a folder\n')
+        return real_bench_pair(*args, **kwargs)
+
+    monkeypatch.setattr(bench_cli, 'bench_pair', bench_pair_while_the_folder_becomes_a_file)
+    assert main([*QUICK, '-o', str(out)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()  # no traceback
+    assert line.startswith(f'timm-tm bench: error: --output: cannot write {out}')
+
+
+def test_results_file_is_shareable(tmp_path):
+    # written through a temporary file (mode 0600), then given the mode open() would have given it
+    out = tmp_path / 'bench.json'
+    assert main([*QUICK, '-o', str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~process_umask()
+
+
+def test_autocast_runs(tmp_path):
+    # the config names the dtype ('bfloat16', for JSON); autocast needs the torch dtype itself
+    out = tmp_path / 'bench.json'
+    assert main([*QUICK, '--modes', 'infer,train', '--amp-dtype', 'bfloat16', '-o', str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results['config']['amp_dtype'] == 'bfloat16'
+    assert results['pairs'][0]['runs'][0]['train']['ratio'] > 0

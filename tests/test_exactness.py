@@ -22,7 +22,7 @@ IMG = 64
 
 # the 'tied' embedding: blocks that would change the features unless the conversion zeroes them (the default
 # embedding, 'none', changes nothing and would make these comparisons trivial)
-TIED = dict(embedding='tied')
+TIED = dict(embedding='tied', evidence_mode='logits')  # logits: the evidence weight must be zeroed too
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
@@ -59,7 +59,8 @@ def test_tm_resnet_with_resnet_weights_gives_resnet_logits(depth, tmp_path):
     assert ref.std() > 0.1  # a non-degenerate reference
 
     # by hand: convert_resnet_state_dict
-    tm = timm.create_model(f'tm_resnet{depth}', **TIED).eval()
+    tm = randomize_tm_embeddings(timm.create_model(f'tm_resnet{depth}', **TIED)).eval()
+    assert not tm_at_identity(tm)  # the conversion, not the fresh init, must set the blocks to identity
     converted = convert_resnet_state_dict(resnet_sd, tm)
     assert all(torch.equal(converted[k], v) for k, v in resnet_sd.items())  # ResNet weights pass through as they are
     tm.load_state_dict(converted)
@@ -89,7 +90,7 @@ def test_pretrained_loader_torch_file_and_other_num_classes(tmp_path):
     tm = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=7)
     tm.eval()
     assert tm(torch.randn(1, 3, IMG, IMG)).shape == (1, 7)
-    assert all(b.num_classes == 7 for b in tm.tm_blocks().values())
+    assert {n: b.num_classes for n, b in tm.tm_blocks().items()} == {'layer3.2': 7, 'layer4.2': 7}
     x = torch.randn(2, 3, IMG, IMG)
     with torch.no_grad():
         # fresh TM blocks start at identity (zero embedding): the features are still exactly ResNet's

@@ -90,6 +90,12 @@ def test_loads_back_through_local_dir_hub_id_and_tag(exported, run, hf_cache):
     tagged = timm.create_model(TAG, pretrained=True)
     assert torch.equal(_logits(tagged, x), expected)
 
+    # every entry round-trips, the TM templates and temperatures included (they change no logit in 'gradient' mode)
+    for loaded in (local, hub, tagged):
+        loaded_sd = loaded.state_dict()
+        assert loaded_sd.keys() == ema.state_dict().keys()
+        assert all(torch.equal(loaded_sd[k], v) for k, v in ema.state_dict().items())
+
     embed = timm.create_model(f'local-dir:{exported}', pretrained=True, num_classes=0).eval()
     with torch.no_grad():
         assert torch.equal(embed(x), ema.forward_head(ema.forward_features(x), pre_logits=True))
@@ -133,6 +139,7 @@ def test_export_plain_weights_and_model_kwargs_from_a_bare_state_dict(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert torch.equal(_logits(loaded, x), _logits(model, x))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_force_replaces_only_a_previous_export(run, tmp_path, capsys):

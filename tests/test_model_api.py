@@ -82,7 +82,7 @@ def test_num_classes_zero_keeps_and_runs_templates():
         tm.zero_init_last()
     with torch.no_grad():
         assert not torch.allclose(model(x), identity(x), atol=1e-4)
-        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
+        torch.testing.assert_close(model(x), model.forward_features(x).mean(dim=(2, 3)))  # the pooled features
     # an explicit template class count
     assert (
         timm.create_model('tm_resnet18', num_classes=0, template_classes=10).tm_blocks()['layer4.2'].num_classes == 10
@@ -158,8 +158,6 @@ def test_drop_path_rate():
         model.train()
         # train: the same batch twice gives other outputs (BN uses batch statistics either way: only paths drop)
         assert not torch.allclose(model(x), model(x))
-        model.eval()
-        assert all(m.drop_prob == 0 for m in drop_paths) or torch.allclose(model(x), model(x))
 
 
 @pytest.mark.parametrize('pool', ['avg', 'max', 'avgmax'])
@@ -179,12 +177,16 @@ def test_global_pool(pool):
 
 
 def test_global_pool_empty_gives_feature_maps():
+    x = _x()
     model = _create(num_classes=0, global_pool='')
-    out = model(_x())
-    assert out.shape == (2, 512, 2, 2)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 512, 2, 2)
+        torch.testing.assert_close(out, model.forward_features(x))
     model = _create(num_classes=10)
     model.reset_classifier(0, '')
-    assert model(_x()).shape == (2, 512, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_features(x))
 
 
 # --- features -----------------------------------------------------------------------------------------------------
@@ -272,6 +274,7 @@ def test_prune_intermediate_layers():
     assert model.num_classes == 0
     with torch.no_grad():
         pruned = model.forward_intermediates(x, indices=(1, 2, 3), intermediates_only=True)
+    assert len(pruned) == len(full) == 3
     for a, b in zip(pruned, full):
         torch.testing.assert_close(a, b)
 
@@ -377,7 +380,9 @@ def test_fx_feature_extraction():
 
     graph_net = FeatureGraphNet(model, out_indices=(3, 4))
     with torch.no_grad():
-        for a, b in zip(graph_net(x), intermediates[3:]):
+        graph_outs = graph_net(x)
+        assert len(graph_outs) == 2
+        for a, b in zip(graph_outs, intermediates[3:]):
             torch.testing.assert_close(a, b)
 
 
@@ -398,6 +403,7 @@ def test_features_only_fx(embedding):
         outs = feat(x)
         _, intermediates = ref.forward_intermediates(x, indices=(3, 4))
     assert feat.feature_info.channels() == [256, 512]
+    assert len(outs) == len(intermediates) == 2
     for a, b in zip(outs, intermediates):
         torch.testing.assert_close(a, b)
 

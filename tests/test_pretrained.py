@@ -65,7 +65,7 @@ def test_cache_layout_is_what_huggingface_hub_resolves(hf_cache, tmp_path):
 def test_tm_resnet18_tag_equals_resnet18_exactly(hf_cache, tmp_path):
     source = _publish_resnet18(hf_cache, tmp_path)
     resnet = timm.create_model('resnet18.a1_in1k', pretrained=True).eval()
-    tm = timm.create_model('tm_resnet18.a1_in1k', pretrained=True).eval()
+    tm = timm.create_model('tm_resnet18.a1_in1k', pretrained=True, embedding='tied', evidence_mode='logits').eval()
     assert tm.pretrained_cfg['hf_hub_id'] == 'timm/resnet18.a1_in1k'
     tm_sd = tm.state_dict()
     for k, v in source.items():
@@ -81,7 +81,7 @@ def test_tm_resnet18_tag_new_num_classes_fresh_head_same_features(hf_cache, tmp_
     resnet = timm.create_model('resnet18.a1_in1k', pretrained=True).eval()
     tm = timm.create_model('tm_resnet18.a1_in1k', pretrained=True, num_classes=7).eval()
     assert tm.fc.weight.shape == (7, 512)
-    assert all(b.num_classes == 7 for b in tm.tm_blocks().values())
+    assert {n: b.num_classes for n, b in tm.tm_blocks().items()} == {'layer3.2': 7, 'layer4.2': 7}
     assert not torch.equal(tm.fc.weight[:7], source['fc.weight'][:7])  # the head is fresh, not a slice
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():

@@ -13,8 +13,9 @@ def test_family_is_registered():
 
 
 def test_tm_resnet18_equals_resnet18_with_its_weights():
-    resnet = timm.create_model('resnet18').eval()
-    tm = timm.create_model('tm_resnet18').eval()
+    # zero_init_last=False: a fresh ResNet's residual branches end in a zero BN, which would hide their weights
+    resnet = timm.create_model('resnet18', zero_init_last=False).eval()
+    tm = timm.create_model('tm_resnet18', embedding='tied', evidence_mode='logits').eval()
     tm.load_state_dict(convert_resnet_state_dict(resnet.state_dict(), tm))
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():

@@ -204,6 +204,7 @@ def test_picture_size_and_best_class_panel_agree_with_the_api(trained, tmp_path,
         # where each block's best-class map sits in the picture (same layout as the PNG main wrote)
         fig, _, panels = render_image(model, transform, str(path), [str(i) for i in range(10)], data_config)
         fig.draw_without_rendering()  # places the axes as saving does (imshow's equal aspect shrinks them)
+        assert set(panels) == set(api) == {'layer3.1', 'layer4.1'}
         for name, panel in panels.items():
             best = api[name].best_class[0].numpy()
             h, w = best.shape
