@@ -189,3 +189,21 @@ def test_autocast_runs(tmp_path):
     results = json.loads(out.read_text())
     assert results['config']['amp_dtype'] == 'bfloat16'
     assert results['pairs'][0]['runs'][0]['train']['ratio'] > 0
+
+
+def test_a_failed_memory_subprocess_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """Exit 1 with the subprocess's exception line, no traceback, and no results file."""
+    import subprocess
+
+    import timm_tm.bench.memory as memory
+
+    failed = subprocess.CompletedProcess(
+        [], 1, stdout='', stderr='Traceback (most recent call last):\n  ...\nMemoryError: boom\n'
+    )
+    monkeypatch.setattr(memory.subprocess, 'run', lambda *a, **k: failed)
+    out = tmp_path / 'bench.json'
+    argv = [a for a in QUICK if a != '--no-memory']
+    assert main([*argv, '-o', str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('timm-tm bench: error: the memory subprocess for ') and err.endswith('MemoryError: boom')
+    assert len(err.splitlines()) == 1 and not out.exists()

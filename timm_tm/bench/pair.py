@@ -1,0 +1,114 @@
+"""One pair, tm_resnetX against timm's resnetX: params and GMACs once, then per variant (eager, compiled) the
+alternating timing of each mode, the peak memory and the targets met."""
+
+import gc
+import warnings
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from timm_tm.profiling import profile_model
+
+from .memory import cpu_memory, cuda_memory
+from .report import targets_met
+from .runner import Runner, create_model, ratio_block, time_alternating
+
+__all__ = ['bench_pair', 'profile_pair']
+
+
+def _profile(name: str, num_classes: int, kwargs: Dict[str, Any], img_size: int) -> Optional[Dict[str, float]]:
+    """Params / GMACs / activations of one model (None, said in one line, without fvcore)."""
+    model = create_model(name, num_classes, kwargs, torch.device('cpu'), False)
+    try:
+        with warnings.catch_warnings():
+            # fvcore traces with torch.jit, which recent torch marks deprecated on every call
+            warnings.filterwarnings('ignore', category=FutureWarning)
+            warnings.filterwarnings('ignore', category=DeprecationWarning)
+            return profile_model(model, (3, img_size, img_size))
+    except ImportError as e:
+        print(f'  (no params / GMACs: {e})', flush=True)
+        return None
+
+
+def profile_pair(tm: str, base: str, tm_kwargs: Dict[str, Any], num_classes: int, img_size: int) -> Dict[str, Any]:
+    """``{'tm', 'base'}`` profiles, and with both the GMACs overhead and params ratio of ``tm`` over ``base``."""
+    prof = {'tm': _profile(tm, num_classes, tm_kwargs, img_size), 'base': _profile(base, num_classes, {}, img_size)}
+    if prof['tm'] and prof['base']:
+        prof['gmacs_overhead'] = prof['tm']['gmacs'] / prof['base']['gmacs'] - 1
+        prof['params_ratio'] = prof['tm']['params_m'] / prof['base']['params_m']
+    return prof
+
+
+def _build_runners(
+    models: Dict[str, Dict[str, Any]], cfg: Dict[str, Any], compile_model: bool, memory: bool
+) -> Tuple[Dict[str, Runner], Dict[str, Dict[str, float]]]:
+    """The runner of each model, and each model's peak memory: on CUDA always (measured while its runner warms
+    up), on the CPU with ``memory`` (a subprocess per model, before any model is built here)."""
+    device = torch.device(cfg['device'])
+    runners: Dict[str, Runner] = {}
+    peaks: Dict[str, Dict[str, float]] = {}
+    if device.type == 'cuda':
+        for name, kwargs in models.items():
+            peaks[name], runners[name] = cuda_memory(name, kwargs, cfg, device, cfg['modes'], compile_model)
+        return runners, peaks
+    if memory:
+        for name, kwargs in models.items():
+            peaks[name] = cpu_memory(name, kwargs, dict(cfg, compile=compile_model), cfg['modes'])
+    for name, kwargs in models.items():
+        model = create_model(name, cfg['num_classes'], kwargs, device, cfg['channels_last'])
+        runners[name] = Runner(model, cfg, device, compile_model)
+    return runners, peaks
+
+
+def _bench_variant(
+    tm: str, base: str, models: Dict[str, Dict[str, Any]], cfg: Dict[str, Any], compile_model: bool, memory: bool
+) -> Dict[str, Any]:
+    """One variant of the pair (eager or compiled): images/s per mode, peak memory per mode (MB), ratios TM / base."""
+    run: Dict[str, Any] = {'variant': 'compiled' if compile_model else 'eager'}
+    runners, peaks = _build_runners(models, cfg, compile_model, memory)
+    for mode in cfg['modes']:
+        timing = time_alternating(runners, mode, cfg['batch_size'], cfg['rounds'], cfg['warmup'], cfg['min_seconds'])
+        run[mode] = ratio_block(timing, tm, base)
+    if peaks:
+        run['memory_mb'] = {
+            mode: {
+                tm: peaks[tm][f'{mode}_peak_mb'],
+                base: peaks[base][f'{mode}_peak_mb'],
+                'ratio': peaks[tm][f'{mode}_peak_mb'] / peaks[base][f'{mode}_peak_mb'],
+            }
+            for mode in cfg['modes']
+        }
+    # free this variant's models (and on CUDA their cached blocks) before the next variant builds its own
+    del runners
+    gc.collect()
+    if cfg['device'].startswith('cuda'):
+        torch.cuda.empty_cache()
+    return run
+
+
+def bench_pair(
+    depth: int,
+    cfg: Dict[str, Any],
+    tm_kwargs: Optional[Dict[str, Any]] = None,
+    memory: bool = True,
+    profile: bool = True,
+) -> Dict[str, Any]:
+    """Benchmark ``tm_resnet{depth}`` against ``resnet{depth}``; ``cfg`` as :func:`timm_tm.bench.cli.resolve_config`
+    builds it. ``memory``: peak memory on the CPU too (on CUDA it is always measured); ``profile``: params / GMACs."""
+    tm_kwargs = dict(tm_kwargs or {})
+    tm, base = f'tm_resnet{depth}', f'resnet{depth}'
+    result: Dict[str, Any] = {
+        'tm_model': tm,
+        'base_model': base,
+        'tm_kwargs': {k: list(v) if isinstance(v, tuple) else v for k, v in tm_kwargs.items()},
+        'num_classes': cfg['num_classes'],
+    }
+    if profile:
+        result['profile'] = profile_pair(tm, base, tm_kwargs, cfg['num_classes'], cfg['img_size'])
+    models = {tm: tm_kwargs, base: {}}
+    result['runs'] = []
+    for compile_model in cfg['compile']:
+        run = _bench_variant(tm, base, models, cfg, compile_model, memory)
+        run['targets_met'] = targets_met(run, result.get('profile'))
+        result['runs'].append(run)
+    return result
