@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description='Train a TM-free baseline and TM variants of one tm_* model under an identical recipe, for '
         'several seeds, and compare val top-1 (mean ± std, paired per-seed differences). The defaults are a '
         'quick CPU run on scikit-learn digits (a few minutes on 2 cores).',
-        epilog='Variants: baseline | tm[-m<int>][-s<stages>][-w<float>][-t<float>][-fixw][-noguide][-max|-lse], '
-        'e.g. tm-m4-s34, tm-noguide. --variants ablations runs ' + ' '.join(ABLATION_VARIANTS) + '.',
+        epilog='Variants: baseline[-ep<int>] | tm[-m<int>][-s<stages>][-w<float>][-t<float>][-fixw][-noguide]'
+        '[-max|-lse][-noembed|-embtied|-embtemplates|-embclasses][-evgrad|-evlogits][-ep<int>], e.g. tm-m4-s34, '
+        'tm-embtied-noguide, baseline-ep24. --variants ablations runs ' + ' '.join(ABLATION_VARIANTS) + '.',
     )
     _add_data_args(parser)
     _add_model_args(parser)
