@@ -6,8 +6,8 @@ Markers: ``slow`` (trains for epochs; deselect with ``-m "not slow"``), ``timm_s
 the tm_* models, fast subset), and three kinds that run only when selected, each skipped with its reason otherwise:
 ``inductor`` (``-m inductor``: inductor compiles C++ for minutes on a CPU machine), ``full_timm_suite``
 (``-m full_timm_suite``: the rest of timm's test_models.py parametrizations) and ``train_script`` (timm's train.py,
-validate.py, benchmark.py; they need ``--train-py PATH``, or TIMM_TRAIN_PY, since the scripts are not in timm's
-wheel, and run whenever it is given).
+validate.py, benchmark.py, which are not in timm's wheel: they run when ``--train-py=PATH`` or TIMM_TRAIN_PY gives
+train.py; write the "=", or pytest reads the path as one to collect tests from).
 """
 
 import os
@@ -79,7 +79,7 @@ def train_py(pytestconfig) -> Path:
     """timm's train.py (``--train-py`` / TIMM_TRAIN_PY); the test skips without it."""
     path = pytestconfig.getoption('train_py')
     if not path:
-        pytest.skip("timm's train.py is not given: pass --train-py PATH (or set TIMM_TRAIN_PY)")
+        pytest.skip("timm's train.py is not given: pass --train-py=PATH (or set TIMM_TRAIN_PY)")
     if not Path(path).is_file():
         pytest.fail(f'--train-py / TIMM_TRAIN_PY: {path} is not a file')
     return Path(path)

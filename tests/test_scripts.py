@@ -1,7 +1,7 @@
 """timm's scripts on tm_* models: ``timm-tm run SCRIPT.py`` (timm_tm/scripts.py), ``train.py --device-modules timm_tm``.
 
 The end-to-end tests (marker ``train_script``) need timm's ``train.py``, which is not in timm's wheel:
-``pytest --train-py PATH`` (or TIMM_TRAIN_PY; validate.py and benchmark.py are taken from the same folder). Without
+``pytest --train-py=PATH`` (or TIMM_TRAIN_PY; validate.py and benchmark.py are taken from the same folder). Without
 it they skip; the ``timm-tm run`` tests always run.
 """
 
