@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from timm_tm import __version__
-from timm_tm.cli import COMMANDS, command_parser, int_list, main, report_error
+from timm_tm.cli import COMMANDS, command_parser, first_line, int_list, main, report_error
 
 
 def test_usage_lists_every_command(capsys):
@@ -48,3 +48,8 @@ def test_int_list():
         int_list('2,x')
     with pytest.raises(argparse.ArgumentTypeError, match='>= 1'):
         int_list('2,0')
+
+
+def test_first_line_of_an_error():
+    assert first_line(ValueError('bad value\nTraceback detail')) == 'bad value'
+    assert first_line(KeyError()) == 'KeyError'

@@ -26,6 +26,7 @@ import torch
 from timm.models import clean_state_dict
 from timm.utils import natural_key
 
+from timm_tm.cli import first_line
 from timm_tm.pretrained import WeightsFileError, verify_weights_file
 
 __all__ = [
@@ -50,11 +51,6 @@ _FOLDER_DATASETS = ('', 'folder', 'imagefolder', 'image_folder')
 
 class CheckpointError(ValueError):
     """A checkpoint, args or label-names file that cannot be used; the message names the file (or flag)."""
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -92,7 +88,7 @@ def _load_safetensors(path: Path) -> Dict[str, Any]:
     except WeightsFileError as e:
         raise CheckpointError(str(e)) from e
     except Exception as e:  # safetensors raises its own SafetensorError, not exported under one name
-        raise CheckpointError(f'{path}: not a readable safetensors file ({_first_line(e)})') from e
+        raise CheckpointError(f'{path}: not a readable safetensors file ({first_line(e)})') from e
 
 
 def _load_pickled(path: Path) -> Any:
@@ -103,7 +99,7 @@ def _load_pickled(path: Path) -> Any:
     except Exception as e:
         raise CheckpointError(
             f'{path}: not a readable PyTorch checkpoint with weights_only=True (truncated, altered or not a torch '
-            f'checkpoint): {_first_line(e)}'
+            f'checkpoint): {first_line(e)}'
         ) from e
 
 
@@ -251,7 +247,7 @@ def read_label_names_file(path, flag: str = '--label-names') -> List[str]:
     try:
         text = path.read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f'{flag}: cannot read {path} ({_first_line(e)})') from e
+        raise CheckpointError(f'{flag}: cannot read {path} ({first_line(e)})') from e
     if path.suffix.lower() != '.json':
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
@@ -260,7 +256,7 @@ def read_label_names_file(path, flag: str = '--label-names') -> List[str]:
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise CheckpointError(f'{flag}: {path} is not valid JSON ({_first_line(e)})') from e
+        raise CheckpointError(f'{flag}: {path} is not valid JSON ({first_line(e)})') from e
     if isinstance(data, dict):
         try:
             if all(str(k).isdigit() for k in data):  # {"0": "cat", ...}
@@ -269,7 +265,7 @@ def read_label_names_file(path, flag: str = '--label-names') -> List[str]:
                 data = [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
         except (TypeError, ValueError) as e:
             raise CheckpointError(
-                f'{flag}: {path}: a JSON dict must map indices to names or names to indices ({_first_line(e)})'
+                f'{flag}: {path}: a JSON dict must map indices to names or names to indices ({first_line(e)})'
             ) from e
     return check_label_names(data, f'{flag}: {path}')
 

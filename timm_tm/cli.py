@@ -39,6 +39,12 @@ def report_error(command: str, message: object) -> int:
     return 1
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line error reports."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def int_list(text: str, minimum: int = 1) -> List[int]:
     """argparse type: ``'2,2,2,2'`` -> ``[2, 2, 2, 2]`` (``''`` -> ``[]``), each at least ``minimum``."""
     try:

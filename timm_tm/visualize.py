@@ -45,7 +45,7 @@ from timm_tm.checkpoints import (
     read_label_names_file,
 )
 from timm_tm.class_maps import BlockClassMap, compute_class_maps_and_output, find_tm_blocks
-from timm_tm.cli import command_parser, report_error
+from timm_tm.cli import command_parser, first_line, report_error
 from timm_tm.files import atomic_write
 
 __all__ = [
@@ -87,11 +87,6 @@ class BestClassPanel(NamedTuple):
 
 class VisualizeError(Exception):
     """A bad input (file, model, checkpoint) reported as one line."""
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _note(message: str) -> None:
@@ -154,7 +149,7 @@ def _create_model(model_name: str, pretrained: bool, kwargs: Dict[str, Any]) -> 
     try:
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except Exception as e:
-        raise VisualizeError(f'cannot create model {model_name!r}: {_one_line(e)}') from e
+        raise VisualizeError(f'cannot create model {model_name!r}: {first_line(e)}') from e
 
 
 def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
@@ -514,7 +509,7 @@ def open_image(path: str, channels: int = 3) -> Image.Image:
     except VisualizeError:
         raise
     except Exception as e:  # OSError, DecompressionBombError, SyntaxError, ...: whatever a bad file makes PIL raise
-        raise VisualizeError(f'{path}: cannot read image ({type(e).__name__}: {_one_line(e)})') from e
+        raise VisualizeError(f'{path}: cannot read image ({type(e).__name__}: {first_line(e)})') from e
 
 
 def render_image(
@@ -577,7 +572,7 @@ def _check_device(name: str) -> torch.device:
             raise ValueError('the meta device holds no data')
         torch.empty(1, device=device)  # an unknown, absent or unbuilt device (cuda without a GPU) fails here
     except Exception as e:
-        raise VisualizeError(f'--device {name}: not usable on this machine ({_one_line(e)})') from e
+        raise VisualizeError(f'--device {name}: not usable on this machine ({first_line(e)})') from e
     return device
 
 
@@ -673,7 +668,7 @@ def _draw_images(drawing: _Drawing, images: Sequence[str], out_paths: Sequence[P
             report_error(COMMAND, e)
             failed += 1
         except (OSError, RuntimeError) as e:  # cannot write the picture, out of memory: this image only
-            report_error(COMMAND, f'{image_path}: {type(e).__name__}: {_one_line(e)}')
+            report_error(COMMAND, f'{image_path}: {type(e).__name__}: {first_line(e)}')
             failed += 1
     return failed
 
