@@ -399,15 +399,22 @@ def convert_resnet_state_dict(
     source_fc = state_dict.get('fc.weight')
     source_classes = source_fc.shape[0] if isinstance(source_fc, torch.Tensor) and source_fc.dim() == 2 else None
     subject = source[:1].upper() + source[1:]  # sentence case
-    problems = _tm_config_problems(state_dict, model, source_classes)
+    model_sd, blocks, source_tm = model.state_dict(), model.tm_blocks(), _source_tm_blocks(state_dict)
+    problems = _tm_config_problems(state_dict, source_tm, source_classes, model, model_sd, blocks)
     if problems:
         raise RuntimeError(
             f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
         )
-    out, refreshed = _fill_tm_entries(state_dict, model, source_classes, new_head)
+    # the classes the templates belong to (template_classes for an embedding model)
+    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
+    class_change = source_classes is not None and model_classes > 0 and source_classes != model_classes
+    out, refreshed = _fill_tm_entries(state_dict, not source_tm, source_classes, class_change, model, model_sd, blocks)
+    if new_head and class_change and model.num_classes > 0:  # another class count: a fresh head as well
+        for k in ('fc.weight', 'fc.bias'):
+            if k in state_dict and state_dict[k].shape != model_sd[k].shape:
+                out[k] = model_sd[k].detach().clone()
+                refreshed.append(k)
     if refreshed:
-        blocks = model.tm_blocks()
-        model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
         _logger.warning(
             f'{subject} is for {source_classes} classes, this model for {model_classes}: its class-tied entries '
             'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
@@ -421,14 +428,19 @@ def _source_tm_blocks(state_dict: Dict[str, torch.Tensor]) -> List[str]:
 
 
 def _tm_config_problems(
-    state_dict: Dict[str, torch.Tensor], model: TemplateMatchingResNet, source_classes: Optional[int]
+    state_dict: Dict[str, torch.Tensor],
+    source_tm: List[str],
+    source_classes: Optional[int],
+    model: TemplateMatchingResNet,
+    model_sd: Dict[str, torch.Tensor],
+    blocks: Dict[str, TemplateMatching],
 ) -> List[str]:
-    """What differs between a tm_resnet state_dict's TM configuration and ``model``'s (empty for a ResNet's).
+    """What differs between a tm_resnet state_dict's TM configuration (its TM blocks ``source_tm``) and
+    ``model``'s (its state_dict ``model_sd``, its TM ``blocks``); empty for a ResNet's.
 
     Such a checkpoint is refused: filling the blocks it lacks with fresh ones, or templates of another count per class
     with fresh ones, would load "fine" and predict otherwise.
     """
-    model_sd, blocks, source_tm = model.state_dict(), model.tm_blocks(), _source_tm_blocks(state_dict)
     problems = []
     if source_tm and source_tm != sorted(blocks):
         stage_of = {f'layer{s}': s for s in _STAGES}
@@ -489,16 +501,19 @@ def _template_count_problem(
 
 
 def _fill_tm_entries(
-    state_dict: Dict[str, torch.Tensor], model: TemplateMatchingResNet, source_classes: Optional[int], new_head: bool
+    state_dict: Dict[str, torch.Tensor],
+    from_resnet: bool,
+    source_classes: Optional[int],
+    class_change: bool,
+    model: TemplateMatchingResNet,
+    model_sd: Dict[str, torch.Tensor],
+    blocks: Dict[str, TemplateMatching],
 ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """(``state_dict`` with ``model``'s fresh TM entries where it has none or they are for another class count,
-    the keys it had that were re-initialized). A ResNet's whose head fits gets TM blocks at identity."""
-    model_sd, blocks = model.state_dict(), model.tm_blocks()
-    # the classes the templates belong to (template_classes for an embedding model)
-    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
-    class_change = source_classes is not None and model_classes > 0 and source_classes != model_classes
+    """(``state_dict`` with ``model``'s fresh TM entries where it has none, or where they are for another class
+    count, the keys it had that were re-initialized). A ResNet's (``from_resnet``) whose head fits gets TM blocks
+    at identity."""
     same_head = source_classes is not None and model.num_classes > 0 and source_classes == model.num_classes
-    exact = not _source_tm_blocks(state_dict) and (same_head or model.num_classes == 0)
+    exact = from_resnet and (same_head or model.num_classes == 0)
     identity_keys = {f'{name}.{k}' for name, tm in blocks.items() for k in tm.identity_state_keys()}
     out, refreshed = dict(state_dict), []
     for k in _tm_keys(model_sd, blocks):
@@ -511,11 +526,6 @@ def _fill_tm_entries(
         out[k] = v
         if src is not None:
             refreshed.append(k)
-    if new_head and class_change and model.num_classes > 0:
-        for k in ('fc.weight', 'fc.bias'):
-            if k in state_dict and state_dict[k].shape != model_sd[k].shape:
-                out[k] = model_sd[k].detach().clone()
-                refreshed.append(k)
     return out, refreshed
 
 
