@@ -30,7 +30,6 @@ import signal
 import socket
 import tempfile
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -418,9 +417,7 @@ def _write_card(
     folder: Path, request: ExportRequest, target: _Target, record: _RunRecord, net: nn.Module, written: _WrittenFolder
 ) -> None:
     """README.md: the card template (``--card``, else ``model_cards/NAME.md``, else the default) filled in."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', FutureWarning)  # fvcore's torch.jit use
-        stats = profile_model(net, written.input_size)
+    stats = profile_model(net, written.input_size)
     image_size = written.input_size[1:]
     split = record.args.get('val_split') or 'validation'
     fields = {

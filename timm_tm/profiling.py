@@ -3,6 +3,7 @@
 fvcore counts one multiply-add as one "flop", so its total is MACs, the number timm's model cards report.
 """
 
+import warnings
 from typing import Dict, Tuple
 
 import torch
@@ -16,6 +17,21 @@ def profile_model(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 
 
     Requires fvcore (``pip install fvcore``), as timm's ``benchmark.py --bench profile`` does.
     """
+    # fvcore scripts and traces with torch.jit (on import, and on every call), which recent torch marks deprecated:
+    # those warnings say nothing about the model, so they are kept out of every caller's output here
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=FutureWarning)
+        warnings.filterwarnings('ignore', category=DeprecationWarning)
+        macs, activations = _count(model, input_size)
+    return {
+        'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
+        'gmacs': macs / 1e9,
+        'activations_m': activations / 1e6,
+    }
+
+
+def _count(model: nn.Module, input_size: Tuple[int, int, int]) -> Tuple[float, float]:
+    """(multiply-adds, activations) of ``model`` for one C x H x W input, counted by fvcore in eval mode."""
     try:
         from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
     except ImportError as e:
@@ -28,11 +44,6 @@ def profile_model(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 
         with torch.no_grad():
             flops = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             acts = ActivationCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            macs, activations = flops.total(), acts.total()
+            return flops.total(), acts.total()
     finally:
         model.train(was_training)
-    return {
-        'params_m': sum(p.numel() for p in model.parameters()) / 1e6,
-        'gmacs': macs / 1e9,
-        'activations_m': activations / 1e6,
-    }

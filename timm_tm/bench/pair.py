@@ -2,7 +2,6 @@
 alternating timing of each mode, the peak memory and the targets met."""
 
 import gc
-import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -20,11 +19,7 @@ def _profile(name: str, num_classes: int, kwargs: Dict[str, Any], img_size: int)
     """Params / GMACs / activations of one model (None, said in one line, without fvcore)."""
     model = create_model(name, num_classes, kwargs, torch.device('cpu'), False)
     try:
-        with warnings.catch_warnings():
-            # fvcore traces with torch.jit, which recent torch marks deprecated on every call
-            warnings.filterwarnings('ignore', category=FutureWarning)
-            warnings.filterwarnings('ignore', category=DeprecationWarning)
-            return profile_model(model, (3, img_size, img_size))
+        return profile_model(model, (3, img_size, img_size))
     except ImportError as e:
         print(f'  (no params / GMACs: {e})', flush=True)
         return None
