@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from timm_tm.files import atomic_write, make_shareable, process_umask
+from timm_tm.files import atomic_write, atomic_write_text, make_shareable, process_umask
 
 
 def _mode(path) -> int:
@@ -70,3 +70,11 @@ def test_process_umask_reads_without_changing_it():
         assert process_umask() == 0o027
     finally:
         os.umask(previous)
+
+
+def test_atomic_write_text_is_utf8_and_keeps_an_existing_file_without_replace(tmp_path):
+    path = tmp_path / 'results.md'
+    assert atomic_write_text(path, 'Δ ± 0.5\n') is None
+    assert path.read_bytes() == 'Δ ± 0.5\n'.encode()
+    kept = atomic_write_text(path, 'other', replace=False)
+    assert path.read_text(encoding='utf-8') == 'Δ ± 0.5\n' and kept.read_text(encoding='utf-8') == 'other'

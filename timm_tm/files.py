@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-__all__ = ['atomic_write', 'process_umask', 'make_shareable']
+__all__ = ['atomic_write', 'atomic_write_text', 'process_umask', 'make_shareable']
 
 PathLike = Union[str, os.PathLike]
 
@@ -67,3 +67,8 @@ def atomic_write(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: PathLike, text: str, replace: bool = True) -> Optional[Path]:
+    """:func:`atomic_write` of ``text`` (UTF-8): results, tables, JSON."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'), replace=replace)

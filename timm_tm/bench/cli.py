@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from timm_tm.cli import command_parser, int_list, report_error
-from timm_tm.files import atomic_write
+from timm_tm.files import atomic_write_text
 from timm_tm.models.tm_resnet import TM_ARCHS
 
 from .machine import load_average, machine_record
@@ -301,14 +301,8 @@ def _run_scale(
 def _write_results(path: str, payload: Dict[str, Any], force: bool) -> int:
     """Write the results JSON atomically (never half a file); without ``force`` never over a file that appeared
     during the run: the results then stay in the temporary file, named in the error. Returns the exit status."""
-
-    def write(tmp_path: str) -> None:
-        with open(tmp_path, 'w') as f:
-            json.dump(payload, f, indent=2)
-            f.write('\n')
-
     try:
-        kept = atomic_write(path, write, replace=force)
+        kept = atomic_write_text(path, json.dumps(payload, indent=2) + '\n', replace=force)
     except OSError as e:  # e.g. the folder was removed, or the disk filled, during the run
         return report_error('bench', f'--output: cannot write {path}: {e}')
     if kept:

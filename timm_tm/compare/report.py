@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from timm_tm.files import atomic_write
+from timm_tm.files import atomic_write, atomic_write_text
 
 from .statistics import mean_curves
 
@@ -68,13 +68,7 @@ def print_summary(rows: List[Dict], verdict_lines: Sequence[str], where: str) ->
 
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON (``results.json``)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1)
-            f.write('\n')
-
-    atomic_write(path, write)
+    atomic_write_text(path, json.dumps(obj, indent=1) + '\n')
 
 
 def write_markdown(
@@ -96,7 +90,7 @@ def write_markdown(
         + ('\n' if verdict_lines else '')
         + f'Recipe: {recipe}\n\nCommand: `{config["command"]}`\n'
     )
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text)
 
 
 def _pyplot() -> Any:
