@@ -75,7 +75,7 @@ def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, Any], Dict[s
     else:
         if use_ema:
             raise CheckpointError(f'{path}: --use-ema: a bare state_dict has no EMA weights')
-        meta = {'args': {}, 'epoch': None, 'metric': None, 'arch': None, 'label_names': None, 'key': None}
+        meta = _train_script_meta({}, path)  # nothing recorded: every field empty
         state_dict = checkpoint
     _check_weights(state_dict, path)
     return clean_state_dict(state_dict), meta
