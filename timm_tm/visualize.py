@@ -463,9 +463,9 @@ def _save_png(fig, path: Path, dpi: int) -> None:
 def output_paths(out: str, images: Sequence[str]) -> List[Path]:
     """Where each image's picture goes (see the module docstring)."""
     out_path = Path(out)
-    if len(images) == 1 and not (out.endswith(('/', os.sep)) or out_path.is_dir()):
-        return [out_path]
     folder_mode = out.endswith(('/', os.sep)) or out_path.is_dir()
+    if len(images) == 1 and not folder_mode:
+        return [out_path]
     paths, seen = [], set()
     for image in images:
         stem = Path(image).stem
