@@ -108,14 +108,15 @@ def _train_epoch(
             x, y = opt.mixup(x, y)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             loss = opt.criterion(model(x), y)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f'{run_name}: loss is {loss.item()} at epoch {epoch}')
+        loss_value = loss.item()  # one device sync per step
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f'{run_name}: loss is {loss_value} at epoch {epoch}')
         opt.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         opt.optimizer.step()
         num_updates += 1
         opt.scheduler.step_update(num_updates=num_updates)
-        loss_sum, n = loss_sum + loss.item(), n + 1
+        loss_sum, n = loss_sum + loss_value, n + 1
     opt.scheduler.step(epoch + 1)
     return loss_sum / max(n, 1), num_updates
 
