@@ -67,6 +67,8 @@ def test_export_writes_a_hub_folder(exported, run):
     assert '@inproceedings' in card and '2210.00992' in card
     assert f'hf-hub:{tm_hub_id(TAG)}' in card
     assert '${' not in card
+    # the default block: the card says what its evidence does (gradient only), not that it changes the logits
+    assert 'class evidence reaches the logits as gradient only' in card and "embedding 'none'" in card
     # numbers are measured, not typed: params of the model, top-1 / top-5 of summary.csv
     params = sum(p.numel() for p in timm.create_model('tm_resnet18_small', num_classes=10).parameters()) / 1e6
     assert f'Params (M): {params:.2f}' in card

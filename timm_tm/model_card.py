@@ -301,9 +301,13 @@ def tm_details(model: nn.Module) -> str:
     if not blocks:
         return 'no TM blocks (the TM-free baseline, tm_stages=())'
     first = next(iter(blocks.values()))
+    evidence = {
+        'gradient': "class evidence reaches the logits as gradient only (the predictions are the linear head's)",
+        'logits': 'class evidence added to the logits',
+    }[first.evidence_mode]
     return (
         f'blocks after {", ".join(blocks)}; {first.templates_per_class} template(s) per class, '
-        f'{first.num_classes} classes, {first.evidence_pool} class pooling; class evidence added to the logits'
+        f'{first.num_classes} classes, {first.evidence_pool} class pooling; {evidence}; embedding {first.embedding!r}'
     )
 
 
