@@ -267,3 +267,45 @@ def test_files_of_another_origin_in_out_are_never_overwritten(tmp_path, capsys):
     assert e.value.code == 2
     assert 'results.md' in capsys.readouterr().err
     assert (out / 'results.md').read_text() == 'my notes' and sorted(p.name for p in out.iterdir()) == ['results.md']
+
+
+def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, capsys):
+    from test_data import write_fashion_folder
+
+    write_fashion_folder(tmp_path / 'fm', n_train=64, n_test=30)
+    out = tmp_path / 'run'
+    argv = ['--dataset', 'fashion-mnist', '--data-dir', str(tmp_path / 'fm')] + TINY[2:]
+    argv = [a for a in argv if a not in ('--train-size', '64', '--val-size', '40')]
+    assert main(argv + ['--seeds', '0', '--variants', 'baseline', '--out', str(out)]) == 0
+    result = json.loads((out / 'results.json').read_text())
+    run = result['runs'][0]
+    assert (run['num_train'], run['num_val']) == (64, 30)  # the standard split: the test images are the val split
+    assert result['config']['hflip'] == 0.5  # flips by default for clothes, not for digits
+    assert result['config']['data_dir'] == str(tmp_path / 'fm')
+
+
+def test_fashion_mnist_without_its_files_is_one_line_saying_how_to_get_them(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['--dataset', 'fashion-mnist', '--data-dir', str(tmp_path), '--out', str(tmp_path / 'never')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'train-images-idx3-ubyte[.gz]' in err and 'apt-get install dataset-fashion-mnist' in err
+    assert 'Traceback' not in err and not (tmp_path / 'never').exists()
+    with pytest.raises(SystemExit) as e:
+        main(['--dataset', 'digits', '--data-dir', str(tmp_path)])
+    assert '--data-dir is for --dataset fashion-mnist or an ImageFolder' in capsys.readouterr().err
+
+
+def test_flips_mirror_the_batch_and_digits_are_not_flipped_by_default():
+    from timm_tm.compare.data import load_data
+
+    args = build_parser().parse_args(TINY + ['--seeds', '0'])
+    from timm_tm.compare.cli import _check_data_args
+
+    _check_data_args(args, build_parser())
+    assert args.hflip == 0.0
+    plain = next(load_data(args, 0, torch.device('cpu')).train_batches(0))
+    args.hflip = 1.0
+    flipped = next(load_data(args, 0, torch.device('cpu')).train_batches(0))
+    assert torch.equal(flipped[1], plain[1])
+    assert torch.equal(flipped[0], plain[0].flip(-1))

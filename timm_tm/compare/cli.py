@@ -17,6 +17,7 @@ from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 
 from timm_tm.cli import command_parser, int_list
+from timm_tm.data import FASHION_MNIST_DIR
 
 from .data import DATASETS, check_image_folder, load_data
 from .report import RECIPE_KEYS
@@ -49,11 +50,20 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         '--dataset',
         choices=DATASETS,
         default=None,
-        help='built-in real dataset (default: digits; cluttered-mnist when --mnist-npz is given)',
+        help='built-in real dataset (default: digits; cluttered-mnist when --mnist-npz is given; folder with '
+        '--data-dir). fashion-mnist reads the four idx files from --data-dir (default: ' + FASHION_MNIST_DIR + ', '
+        'where `apt-get install dataset-fashion-mnist` puts them): 60,000 train, the 10,000 test images as val',
     )
-    group.add_argument('--data-dir', default='', help='ImageFolder root with train/ and val/ (overrides --dataset)')
+    group.add_argument(
+        '--data-dir',
+        default='',
+        help='the folder of the idx files for --dataset fashion-mnist; otherwise an ImageFolder root with train/ and '
+        'val/ (--dataset folder)',
+    )
     group.add_argument('--mnist-npz', default='', help='MNIST .npz (x: N x 28 x 28 uint8, y) for cluttered-mnist')
-    group.add_argument('--train-size', type=int, default=None, help='use this many training images (default: all)')
+    group.add_argument(
+        '--train-size', type=int, default=None, help='use this many training images, a fixed subset (default: all)'
+    )
     group.add_argument('--val-size', type=int, default=None, help='use this many val images (default: all)')
     group.add_argument('--canvas', type=int, default=48, help='cluttered-mnist canvas size before resizing')
     group.add_argument(
@@ -102,8 +112,19 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
     group.add_argument('--mixup', type=float, default=0.0, help='timm Mixup alpha (0: off)')
     group.add_argument('--cutmix', type=float, default=0.0, help='timm CutMix alpha (0: off)')
-    group.add_argument('--shift', type=int, default=2, help='random shift in pixels (built-in datasets)')
-    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability (ImageFolder only)')
+    group.add_argument(
+        '--shift',
+        type=int,
+        default=2,
+        help='random shift in pixels: a crop of the image padded by it (built-in datasets)',
+    )
+    group.add_argument(
+        '--hflip',
+        type=float,
+        default=None,
+        help='horizontal flip probability (default: 0.5 for fashion-mnist and folders, 0 for digits: a flip changes '
+        'what a digit means)',
+    )
     group.add_argument('--scale', type=float, nargs=2, default=None, help='RandomResizedCrop scale (ImageFolder only)')
     group.add_argument('--color-jitter', type=float, default=0.0, help='ImageFolder only')
     group.add_argument('--auto-augment', default=None, help='e.g. rand-m9-mstd0.5 (ImageFolder only)')
@@ -114,6 +135,9 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('run')
     group.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     group.add_argument('--amp', action='store_true', help='bfloat16 autocast')
+    group.add_argument(
+        '--channels-last', action='store_true', help='channels-last memory format (as train.py; faster on most CPUs)'
+    )
     group.add_argument(
         '--threads', type=int, default=1, help='torch CPU threads of each run (default 1: runs go side by side)'
     )
@@ -176,8 +200,11 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List
 
 
 def _check_data_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """The dataset (``'folder'`` for ``--data-dir``), absolute data paths and the default image size."""
-    if args.data_dir:
+    """The dataset (``'folder'`` for ``--data-dir`` without ``--dataset``), absolute data paths and the defaults
+    that depend on the dataset (image size, flips)."""
+    if args.data_dir and args.dataset not in (None, 'fashion-mnist'):
+        parser.error(f'--data-dir is for --dataset fashion-mnist or an ImageFolder, not --dataset {args.dataset}')
+    if args.data_dir and args.dataset is None:
         try:
             check_image_folder(args.data_dir)
         except ValueError as e:
@@ -193,7 +220,9 @@ def _check_data_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else ''
     args.mnist_npz = os.path.abspath(args.mnist_npz) if args.mnist_npz else ''
     if args.img_size is None:
-        args.img_size = {'digits': 16, 'cluttered-mnist': args.canvas}.get(args.dataset, 32)
+        args.img_size = {'digits': 16, 'cluttered-mnist': args.canvas, 'fashion-mnist': 28}.get(args.dataset, 32)
+    if args.hflip is None:
+        args.hflip = 0.5 if args.dataset in ('fashion-mnist', 'folder') else 0.0
 
 
 def _check_sizes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

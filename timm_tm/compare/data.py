@@ -1,8 +1,8 @@
 """The data of a comparison: the same batches, in the same order, for every variant of a seed.
 
-Two pipelines give one interface (:class:`Data`): in-memory grayscale arrays (scikit-learn digits, cluttered MNIST
-from :mod:`timm_tm.data`) as tensors with random shifts, and an ImageFolder through timm's ``create_dataset`` /
-``create_loader``.
+Two pipelines give one interface (:class:`Data`): in-memory grayscale arrays (scikit-learn digits, cluttered MNIST,
+Fashion-MNIST from :mod:`timm_tm.data`) as tensors with random shifts (a random crop of the zero-padded image) and
+horizontal flips, and an ImageFolder through timm's ``create_dataset`` / ``create_loader``.
 """
 
 import argparse
@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from timm.data import create_dataset, create_loader
 
-from timm_tm.data import load_digits_arrays, load_mnist_npz, make_cluttered, split_arrays
+from timm_tm.data import load_digits_arrays, load_fashion_mnist, load_mnist_npz, make_cluttered, split_arrays
 
 __all__ = ['Data', 'DATASETS', 'load_data', 'check_splits', 'check_image_folder', 'seed_everything']
 
-DATASETS = ('digits', 'cluttered-mnist')
+DATASETS = ('digits', 'cluttered-mnist', 'fashion-mnist')
 
 Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,8 +50,16 @@ def seed_everything(seed: int) -> None:
 def load_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data:
     """The data of ``args`` for the runs of ``seed``: ``--data-dir`` if given, else ``--dataset``. Raises
     ValueError / OSError for data a comparison cannot use."""
-    if args.data_dir:
+    if args.dataset == 'folder':
         return _folder_data(args, seed, device)
+    if args.dataset == 'fashion-mnist':  # the standard split: the 10,000 test images are the val split
+        fashion = load_fashion_mnist(args.data_dir or None)
+        splits = {
+            'train': _subsample(*fashion['train'], args.train_size, 0),
+            'val': _subsample(*fashion['test'], args.val_size, 0),
+        }
+        check_splits(splits['train'][1], splits['val'][1])
+        return _array_data(args.dataset, splits, args, seed)
     images, labels = load_digits_arrays() if args.dataset == 'digits' else load_mnist_npz(args.mnist_npz or None)
     # a fixed split (and fixed clutter, seeds 1 / 2): seeds vary the models and the batch order, not the data
     splits = split_arrays(images, labels, val_fraction=0.2, seed=0)
@@ -113,7 +121,8 @@ def _resize(images: np.ndarray, size: int) -> torch.Tensor:
 def _array_data(
     name: str, splits: Dict[str, Tuple[np.ndarray, np.ndarray]], args: argparse.Namespace, seed: int
 ) -> Data:
-    """A tensor pipeline over in-memory grayscale arrays: random shifts (zero padding) as augmentation."""
+    """A tensor pipeline over in-memory grayscale arrays: random shifts (a random crop of the image zero-padded by
+    ``--shift``) and, with ``--hflip`` > 0, horizontal flips as augmentation."""
     x_train, y_train = splits['train']
     x_val, y_val = splits['val']
     train_x, val_x = _resize(x_train, args.img_size), _resize(x_val, args.img_size)
@@ -122,7 +131,7 @@ def _array_data(
     pad_value = -mean / std  # zero intensity after normalization
     train_y, val_y = torch.from_numpy(y_train), torch.from_numpy(y_val)
     num_classes = int(max(y_train.max(), y_val.max())) + 1
-    bs, shift = args.batch_size, args.shift
+    bs, shift, hflip = args.batch_size, args.shift, args.hflip
 
     def train_batches(epoch: int) -> Batches:
         # own generator per (seed, epoch): the same order and shifts for every variant
@@ -137,6 +146,9 @@ def _array_data(
                 dy = torch.randint(0, 2 * shift + 1, (len(idx),), generator=g)
                 dx = torch.randint(0, 2 * shift + 1, (len(idx),), generator=g)
                 x = torch.stack([x[j, :, dy[j] : dy[j] + s, dx[j] : dx[j] + s] for j in range(len(idx))])
+            if hflip > 0:  # no draw without flips: the digits' batches stay what they were
+                flip = torch.rand(len(idx), generator=g) < hflip
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             yield x, train_y[idx]
 
     def val_batches() -> Batches:

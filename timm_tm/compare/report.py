@@ -22,10 +22,10 @@ RECIPE_KEYS = (
     'dataset', 'data_dir', 'mnist_npz', 'train_size', 'val_size', 'canvas', 'img_size', 'model', 'channels',
     'layers', 'epochs', 'batch_size', 'opt', 'lr', 'weight_decay', 'momentum', 'sched', 'warmup_epochs',
     'min_lr', 'smoothing', 'mixup', 'cutmix', 'shift', 'hflip', 'scale', 'color_jitter', 'auto_augment',
-    'reprob', 'amp',
+    'reprob', 'amp', 'channels_last',
 )  # fmt: skip
 # augmentations that only the ImageFolder pipeline applies
-_FOLDER_ONLY = ('hflip', 'scale', 'color_jitter', 'auto_augment', 'reprob')
+_FOLDER_ONLY = ('scale', 'color_jitter', 'auto_augment', 'reprob')
 
 
 def format_table(rows: List[Dict], reference: str = 'baseline') -> str:

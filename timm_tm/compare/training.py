@@ -51,13 +51,19 @@ def build_model(variant: Variant, args: argparse.Namespace, num_classes: int, in
     return model
 
 
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A B x C x H x W batch on ``device``, in the channels-last memory format when asked (as train.py's flag)."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, device: torch.device, amp: bool) -> float:
+def evaluate(model: nn.Module, data: Data, device: torch.device, amp: bool, channels_last: bool = False) -> float:
     """Top-1 (%) on the val split."""
     model.eval()
     correct = total = 0
     for x, y in data.val_batches():
-        x, y = x.to(device), y.to(device)
+        x, y = to_device(x, device, channels_last), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         correct += (logits.argmax(dim=1) == y).sum().item()
@@ -103,7 +109,7 @@ def _train_epoch(
     model.train()
     loss_sum, n = 0.0, 0
     for x, y in data.train_batches(epoch):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device, args.channels_last), y.to(device, non_blocking=True)
         if opt.mixup is not None:
             x, y = opt.mixup(x, y)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
@@ -127,6 +133,8 @@ def train_one(variant: Variant, seed: int, args: argparse.Namespace, device: tor
     epochs = variant.epochs or args.epochs
     data = load_data(args, seed, device)
     model = build_model(variant, args, data.num_classes, data.in_chans, seed).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = _optimization(model, args, epochs, data)
     # the same RNG stream for every variant from here on (mixup draws from numpy / torch)
     seed_everything(seed + 1)
@@ -139,7 +147,7 @@ def train_one(variant: Variant, seed: int, args: argparse.Namespace, device: tor
         loss, num_updates = _train_epoch(model, data, epoch, opt, args, device, num_updates, run_name)
         last = epoch + 1 == epochs
         evaluated = last or (args.eval_every and (epoch + 1) % args.eval_every == 0)
-        top1 = evaluate(model, data, device, args.amp) if evaluated else None
+        top1 = evaluate(model, data, device, args.amp, args.channels_last) if evaluated else None
         curve.append(top1)
         losses.append(loss)
         top1_s = f'{top1:6.2f}' if top1 is not None else '     -'
