@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from timm_tm import TemplateMatching
 
-EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
+EMBEDDINGS = ('none', 'templates', 'classes', 'tied', 'argmax')
 
 
 def randomize_embedding(tm: TemplateMatching, std: float = 0.1) -> TemplateMatching:
@@ -88,17 +88,33 @@ def test_embeddings_follow_reference_formulas():
     """Each embedding computes what its docstring says, written out plainly here."""
     torch.manual_seed(0)
     x = torch.randn(2, 6, 3, 4)
-    for embedding in ('classes', 'tied'):
+    for embedding in ('classes', 'tied', 'argmax'):
         tm = randomize_embedding(TemplateMatching(6, 4, templates_per_class=2, embedding=embedding)).eval()
         scores = tm.match(x)
         if embedding == 'classes':  # softmax over the N classes of the class map, one vector per class
             p = torch.softmax(tm.pool_classes(scores), dim=1)
             expected = x + torch.einsum('cn,bnhw->bchw', tm.embed.weight.flatten(1), p)
-        else:  # softmax over the K templates, the unit templates as directions, a per-channel scale
+        else:  # over the K templates (all of them softly, or the best one), the unit templates as directions
             p = torch.softmax(scores, dim=1)
+            if embedding == 'argmax':
+                p = (scores == scores.amax(dim=1, keepdim=True)).float()
             units = F.normalize(tm.templates.weight.flatten(1), dim=1)
             expected = x + torch.einsum('kc,bkhw->bchw', units, p) * tm.embed_scale.view(1, -1, 1, 1)
         torch.testing.assert_close(tm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_argmax_embedding_passes_the_softmax_gradient_to_the_scores():
+    """The hard assignment has no gradient of its own: the scores (templates, temperature) get the softmax's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 4)
+    grads = {}
+    for embedding in ('tied', 'argmax'):
+        torch.manual_seed(1)
+        tm = randomize_embedding(TemplateMatching(6, 4, embedding=embedding))
+        tm(x).square().sum().backward()
+        grads[embedding] = tm.log_temperature.grad
+    assert grads['argmax'] is not None and grads['argmax'].abs() > 0
+    assert not torch.equal(grads['argmax'], grads['tied'])  # the forward differs, so does the gradient
 
 
 def test_scores_are_temperature_times_cosine():

@@ -22,7 +22,7 @@ __all__ = ['TemplateMatching', 'EVIDENCE_POOLS', 'EVIDENCE_MODES', 'EMBEDDINGS']
 
 EVIDENCE_POOLS = ('logsumexp', 'max')
 EVIDENCE_MODES = ('gradient', 'logits')
-EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
+EMBEDDINGS = ('none', 'templates', 'classes', 'tied', 'argmax')
 
 
 @register_notrace_function  # a leaf call under timm's FX tracer (feature extraction): shapes are not traceable
@@ -88,7 +88,9 @@ class TemplateMatching(nn.Module):
                 gradient into the stage), 'templates' (BN + ReLU over the K scores, a zero-initialized 1x1
                 conv K -> C), 'classes' (a per-region softmax over the N classes, one learned, zero-initialized
                 vector per class), 'tied' (a per-region softmax over the K templates, the templates' own
-                directions, a zero-initialized per-channel scale).
+                directions, a zero-initialized per-channel scale), 'argmax' (as 'tied', with a hard assignment: each
+                region gets the direction of the one template it matches best; the softmax's gradient passes
+                through, straight-through).
             temperature_range: (min, max) of the temperature: it is clamped to it in the forward pass.
             eps: Smallest feature norm used in the cosine, so an all-zero region scores 0, not NaN.
             norm_layer: Normalization over the K scores for ``embedding='templates'``.
@@ -143,7 +145,7 @@ class TemplateMatching(nn.Module):
         self.norm: Optional[nn.Module] = self._norm_layer(k, **dd) if self.embedding == 'templates' else None
         embed_in = {'templates': k, 'classes': self.num_classes}.get(self.embedding)
         self.embed: Optional[nn.Module] = nn.Conv2d(embed_in, self.channels, 1, bias=False, **dd) if embed_in else None
-        if self.embedding == 'tied':
+        if self.embedding in ('tied', 'argmax'):
             self.embed_scale = nn.Parameter(torch.empty(self.channels, **dd))
         else:
             self.register_parameter('embed_scale', None)
@@ -230,8 +232,12 @@ class TemplateMatching(nn.Module):
                 assignment = torch.softmax(self.pool_classes(scores).float(), dim=1).to(scores.dtype)
             return x + embed(assignment)
         embed_scale = self.embed_scale
-        if embed_scale is not None:  # 'tied': the directions of the templates a region matches
-            assignment = torch.softmax(scores.float(), dim=1).to(x.dtype)
+        if embed_scale is not None:  # 'tied' / 'argmax': the directions of the templates a region matches
+            assignment = torch.softmax(scores.float(), dim=1)
+            if self.embedding == 'argmax':  # the best template only; the gradient is the softmax's (straight-through)
+                best = F.one_hot(assignment.argmax(dim=1), assignment.shape[1]).permute(0, 3, 1, 2)
+                assignment = best.to(assignment.dtype) + assignment - assignment.detach()
+            assignment = assignment.to(x.dtype)
             weight = self.templates.weight
             directions = F.normalize(weight.flatten(1), dim=1, eps=self.eps).to(x.dtype)  # K x C
             v = F.conv2d(assignment, directions.t()[:, :, None, None])

@@ -25,8 +25,8 @@ Variant names: ``baseline``, or ``tm`` followed by ``-``-separated options that 
 * ``fixw``: evidence weight frozen at its initial value; ``noguide`` = ``w0`` + ``fixw`` (no label guidance)
 * ``t<float>``: initial temperature, e.g. ``tm-t30``
 * ``max`` / ``lse``: pooling of a class's templates into its evidence
-* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied``: the embedding (``none`` is the control whose blocks
-  change no feature: they only send the labels' gradient through the templates)
+* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied`` / ``embargmax``: the embedding (``none`` is the
+  control whose blocks change no feature: they only send the labels' gradient through the templates)
 * ``evgrad`` / ``evlogits``: the evidence reaches the logits as gradient only, or is added to them
 * ``ep<int>``: this variant's own epoch count (also ``baseline-ep<int>``: a baseline trained longer, the
   comparison at equal cost and the check that the baseline has plateaued)

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         'several seeds, and compare val top-1 (mean ± std, paired per-seed differences). The defaults are a '
         'quick CPU run on scikit-learn digits (a few minutes on 2 cores).',
         epilog='Variants: baseline[-ep<int>] | tm[-m<int>][-s<stages>][-w<float>][-t<float>][-fixw][-noguide]'
-        '[-max|-lse][-noembed|-embtied|-embtemplates|-embclasses][-evgrad|-evlogits][-ep<int>], e.g. tm-m4-s34, '
-        'tm-embtied-noguide, baseline-ep24. --variants ablations runs ' + ' '.join(ABLATION_VARIANTS) + '.',
+        '[-max|-lse][-noembed|-embtied|-embargmax|-embtemplates|-embclasses][-evgrad|-evlogits][-ep<int>], e.g. '
+        'tm-m4-s34, tm-embtied-noguide, baseline-ep24. --variants ablations runs ' + ' '.join(ABLATION_VARIANTS) + '.',
     )
     _add_data_args(parser)
     _add_model_args(parser)

@@ -16,7 +16,9 @@ DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-embtied')
 ABLATION_VARIANTS = ('baseline', 'tm', 'tm-noguide', 'tm-w0', 'tm-fixw', 'tm-m2', 'tm-m4', 'tm-s4')
 
 # option token -> the model's ``embedding`` argument
-_EMBED_TOKENS = {'noembed': 'none', 'embtemplates': 'templates', 'embclasses': 'classes', 'embtied': 'tied'}
+_EMBED_TOKENS = {
+    'noembed': 'none', 'embtemplates': 'templates', 'embclasses': 'classes', 'embtied': 'tied', 'embargmax': 'argmax',
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ class TemplateMatchingResNet(ResNet):
             evidence_pool: Pooling of a class's templates: 'logsumexp' or 'max'.
             evidence_mode: 'gradient' (the evidence reaches the logits as gradient only: predictions are the
                 head's) or 'logits' (the evidence is added to the logits); see :class:`TemplateMatching`.
-            embedding: What each TM block adds to the features: 'none', 'templates', 'classes' or 'tied'.
+            embedding: What each TM block adds to the features: 'none', 'templates', 'classes', 'tied' or 'argmax'.
             small_stem: A 3x3 stride-1 stem conv and no max-pool (output stride 8) for 32-64 px images.
         """
         tm_stages = _check_tm_args(
