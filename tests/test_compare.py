@@ -309,3 +309,22 @@ def test_flips_mirror_the_batch_and_digits_are_not_flipped_by_default():
     flipped = next(load_data(args, 0, torch.device('cpu')).train_batches(0))
     assert torch.equal(flipped[1], plain[1])
     assert torch.equal(flipped[0], plain[0].flip(-1))
+
+
+def test_reuse_takes_finished_runs_of_the_same_recipe_only(tmp_path, capsys):
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    assert main(TINY + ['--seeds', '0', '--variants', 'baseline', '--out', str(first)]) == 0
+    reused_file = str(first / 'results.json')
+    argv = TINY + ['--seeds', '0', '--variants', 'baseline', 'tm-noembed', '--out', str(second)]
+    assert main(argv + ['--reuse', reused_file]) == 0
+    log = (second / 'log.txt').read_text()
+    assert 'baseline  ' not in log and 'tm-noembed' in log  # only the missing run was trained
+    result = json.loads((second / 'results.json').read_text())
+    runs = {r['variant']: r for r in result['runs']}
+    original = json.loads((first / 'results.json').read_text())['runs'][0]
+    assert runs['baseline']['top1'] == original['top1'] and runs['baseline']['reused_from'] == reused_file
+    assert 'reused_from' not in runs['tm-noembed'] and result['config']['reused_from'] == [reused_file]
+    with pytest.raises(SystemExit) as e:  # another recipe: refused before anything is written
+        main(TINY + ['--lr', '0.01', '--seeds', '0', '--out', str(tmp_path / 'never'), '--reuse', reused_file])
+    assert e.value.code == 2 and 'differs in: lr' in capsys.readouterr().err
+    assert not (tmp_path / 'never').exists()

@@ -147,6 +147,14 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--eval-every', type=int, default=1, help='evaluate every N epochs (0: only after the last)')
     group.add_argument('--out', default=None, help='results folder (default: results/tmp/<dataset>-<timestamp>)')
     group.add_argument('--resume', action='store_true', help='skip (variant, seed) runs already in --out/results.json')
+    group.add_argument(
+        '--reuse',
+        nargs='+',
+        default=[],
+        metavar='RESULTS_JSON',
+        help='take finished (variant, seed) runs from these results.json files of the same recipe instead of training '
+        'them again (e.g. a screen that shares its baseline with an earlier comparison)',
+    )
     group.add_argument('--title', default=None, help='plot title')
 
 
@@ -166,10 +174,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     out = Path(args.out or Path('results') / 'tmp' / f'{args.dataset}-{time.strftime("%Y%m%d-%H%M%S")}')
-    config = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'title')}
+    config = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'title', 'reuse')}
     config['scale'] = list(args.scale) if args.scale else None
     config['command'] = 'timm-tm compare ' + ' '.join(argv)
     runs = _previous_runs(out, config, args.resume, parser)
+    runs += _reused_runs(args.reuse, runs, args.seeds, args.variants, config, parser)
     return run_comparison(args, variants, device, out, config, runs)
 
 
@@ -276,19 +285,51 @@ def _previous_runs(out: Path, config: Dict[str, Any], resume: bool, parser: argp
         return []
     if not resume:
         parser.error(f'{results_path} exists: pass --resume to continue it, or choose another --out')
-    try:
-        prev = json.loads(results_path.read_text())
-        if not (isinstance(prev.get('config'), dict) and isinstance(prev.get('runs'), list)):
-            raise ValueError('no "config" object and "runs" list')
-    except (OSError, ValueError, AttributeError) as e:
-        parser.error(f'--resume: {results_path} is not a results file of timm-tm compare ({e}); choose another --out')
-    changed = [k for k in RECIPE_KEYS if prev['config'].get(k) != config.get(k)]
-    if changed:
-        parser.error(
-            f'--resume: {results_path} was made with another recipe (differs in: {", ".join(changed)}); '
-            'choose another --out'
-        )
+    prev = _read_results(results_path, config, '--resume', 'choose another --out', parser)
     # the command that started the folder stays its command; resumptions are listed after it
     config['resumed_with'] = prev['config'].get('resumed_with', []) + [config['command']]
     config['command'] = prev['config']['command']
+    if prev['config'].get('reused_from'):
+        config['reused_from'] = prev['config']['reused_from']
     return prev['runs']
+
+
+def _read_results(
+    path: Path, config: Dict[str, Any], flag: str, advice: str, parser: argparse.ArgumentParser
+) -> Dict[str, Any]:
+    """A results.json of timm-tm compare made with the recipe of ``config``; ``parser.error`` naming ``flag`` and
+    the file otherwise."""
+    try:
+        prev = json.loads(path.read_text())
+        if not (isinstance(prev.get('config'), dict) and isinstance(prev.get('runs'), list)):
+            raise ValueError('no "config" object and "runs" list')
+    except (OSError, ValueError, AttributeError) as e:
+        parser.error(f'{flag}: {path} is not a results file of timm-tm compare ({e}); {advice}')
+    changed = [k for k in RECIPE_KEYS if prev['config'].get(k) != config.get(k)]
+    if changed:
+        parser.error(f'{flag}: {path} was made with another recipe (differs in: {", ".join(changed)}); {advice}')
+    return prev
+
+
+def _reused_runs(
+    paths: List[str],
+    runs: List[Dict],
+    seeds: List[int],
+    variants: List[str],
+    config: Dict[str, Any],
+    parser: argparse.ArgumentParser,
+) -> List[Dict]:
+    """The runs of this comparison (``seeds`` x ``variants``) that ``runs`` lacks and the results files ``paths``
+    (same recipe) hold; each marked with the file it came from, which ``config['reused_from']`` lists."""
+    have = {(r['variant'], r['seed']) for r in runs}
+    reused = []
+    for path in paths:
+        other = _read_results(Path(path), config, '--reuse', 'reuse only runs of the same recipe', parser)
+        for r in other['runs']:
+            key = (r.get('variant'), r.get('seed'))
+            if key[0] in variants and key[1] in seeds and key not in have:
+                reused.append({**r, 'reused_from': os.path.abspath(path)})
+                have.add(key)
+    if paths:
+        config['reused_from'] = sorted(set(config.get('reused_from', []) + [os.path.abspath(p) for p in paths]))
+    return reused
