@@ -1,6 +1,7 @@
 """``timm-tm compare``: end to end on a tiny real subset (scikit-learn digits), resume, and clear errors."""
 
 import json
+import os
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from timm_tm.compare import main, parse_variant, runner
 from timm_tm.compare.cli import build_parser
 from timm_tm.compare.training import build_model
+from timm_tm.data import FASHION_MNIST_DIR
 
 pytest.importorskip('sklearn')
 
@@ -328,3 +330,18 @@ def test_reuse_takes_finished_runs_of_the_same_recipe_only(tmp_path, capsys):
         main(TINY + ['--lr', '0.01', '--seeds', '0', '--out', str(tmp_path / 'never'), '--reuse', reused_file])
     assert e.value.code == 2 and 'differs in: lr' in capsys.readouterr().err
     assert not (tmp_path / 'never').exists()
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST_DIR), reason=f'Fashion-MNIST not installed ({FASHION_MNIST_DIR}; Debian package '
+    'dataset-fashion-mnist)',
+)  # fmt: skip
+def test_a_short_real_fashion_mnist_comparison_learns(tmp_path):
+    out = tmp_path / 'run'
+    argv = ['--dataset', 'fashion-mnist', '--train-size', '2000', '--val-size', '500', '--channels', '8,16,16,16',
+            '--layers', '1,1,1,1', '--epochs', '3', '--warmup-epochs', '0', '--batch-size', '32', '--threads', '1',
+            '--jobs', '1', '--seeds', '0', '--variants', 'baseline', '--out', str(out)]  # fmt: skip
+    assert main(argv) == 0
+    run = json.loads((out / 'results.json').read_text())['runs'][0]
+    assert (run['num_train'], run['num_val']) == (2000, 500)
+    assert run['top1'] > 30  # 10 classes: chance is 10% (44.4 here after 3 epochs of this tiny model)
