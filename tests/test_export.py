@@ -23,9 +23,11 @@ import yaml
 from export_fixtures import SIZE, TAG
 from offline_hub import corrupt_file, populate_hf_cache
 
+from timm_tm import model_card
 from timm_tm.checkpoints import read_checkpoint
 from timm_tm.cli import main as timm_tm_main
 from timm_tm.export import main as export_main
+from timm_tm.layers import EMBEDDINGS, EVIDENCE_MODES
 from timm_tm.pretrained import WeightsFileError, tm_hub_id
 
 pytest_plugins = ('export_fixtures', 'offline_hub')  # the run, exported and hf_cache fixtures
@@ -67,8 +69,12 @@ def test_export_writes_a_hub_folder(exported, run):
     assert '@inproceedings' in card and '2210.00992' in card
     assert f'hf-hub:{tm_hub_id(TAG)}' in card
     assert '${' not in card
-    # the default block: the card says what its evidence does (gradient only), not that it changes the logits
-    assert 'class evidence reaches the logits as gradient only' in card and "embedding 'none'" in card
+    # the card describes the block that was exported (the default one here), in words and in its details line
+    default = next(iter(timm.create_model('tm_resnet18_small', num_classes=10).tm_blocks().values()))
+    assert model_card._EMBEDDING_TEXT[default.embedding] in card and f'embedding {default.embedding!r}' in card
+    assert (
+        'class evidence reaches the logits as gradient only' in card and model_card._EVIDENCE_TEXT['gradient'] in card
+    )
     # numbers are measured, not typed: params of the model, top-1 / top-5 of summary.csv
     params = sum(p.numel() for p in timm.create_model('tm_resnet18_small', num_classes=10).parameters()) / 1e6
     assert f'Params (M): {params:.2f}' in card
@@ -449,3 +455,14 @@ def test_card_refuses_names_that_would_break_out_of_its_snippets():
     ]:
         with pytest.raises(ValueError, match=f'card.md: {key} .* cannot go into the code snippets'):
             render_card({**fields, key: value}, source='card.md')
+
+
+@pytest.mark.parametrize('embedding', EMBEDDINGS)
+@pytest.mark.parametrize('evidence_mode', EVIDENCE_MODES)
+def test_the_card_sentence_is_written_from_the_blocks(embedding, evidence_mode):
+    net = timm.create_model('tm_resnet18_small', num_classes=3, embedding=embedding, evidence_mode=evidence_mode)
+    text = model_card.tm_block_text(net)
+    assert model_card._EMBEDDING_TEXT[embedding] in text and model_card._EVIDENCE_TEXT[evidence_mode] in text
+    others = [t for e, t in model_card._EMBEDDING_TEXT.items() if e != embedding]
+    assert not any(t in text for t in others)  # one block, one description
+    assert 'no TM block' in model_card.tm_block_text(timm.create_model('tm_resnet18_small', tm_stages=()))

@@ -433,6 +433,7 @@ def _write_card(
         'gmacs': f'{stats["gmacs"]:.3f}',
         'activations_m': f'{stats["activations_m"]:.2f}',
         'image_size': f'{image_size[0]} x {image_size[1]}',
+        'tm_block': model_card.tm_block_text(net),
         'tm_details': model_card.tm_details(net),
         'training': model_card.training_text(record.args, record.epoch, request.use_ema),
         'metrics': model_card.metrics_text(
