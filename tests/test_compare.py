@@ -309,3 +309,46 @@ def test_flips_mirror_the_batch_and_digits_are_not_flipped_by_default():
     flipped = next(load_data(args, 0, torch.device('cpu')).train_batches(0))
     assert torch.equal(flipped[1], plain[1])
     assert torch.equal(flipped[0], plain[0].flip(-1))
+
+
+def test_equal_paired_differences_have_no_p_value_and_are_not_significant():
+    """Zero variance: a t-test has no p. Three seeds each one val image apart are not 'significantly better'."""
+    from timm_tm.compare import paired, verdict
+
+    runs = [dict(variant='baseline', seed=s, top1=90.0 + s) for s in range(3)]
+    runs += [dict(variant='tm', seed=s, top1=91.0 + s) for s in range(3)]
+    d = paired(runs, 'tm', 'baseline')
+    assert d['p_value'] is None
+    line = verdict(d)
+    assert line == (
+        'tm vs baseline: no significant difference (+1.00 ± 0.00 points, paired t-test p n/a: every seed differs '
+        'by the same amount, better on 3/3 seeds)'
+    )
+    same = [dict(r, variant='tm', top1=r['top1']) for r in runs[:3]]
+    assert 'p n/a: every seed gives the same top-1' in verdict(paired(runs[:3] + same, 'tm', 'baseline'))
+
+
+def test_contradictory_variant_options_are_refused_whatever_the_options():
+    """Two options that set the same model keyword (or both freeze w, or both set the epochs) contradict each
+    other or repeat: refused, whichever options they are, instead of the last one winning."""
+    from itertools import combinations
+
+    examples = ['m2', 'm4', 's4', 's34', 'w0', 'w1', 't8', 't30', 'fixw', 'noguide', 'max', 'lse', 'noembed',
+                'embtied', 'embtemplates', 'embclasses', 'evgrad', 'evlogits', 'ep2', 'ep3']  # fmt: skip
+
+    def settings(tok):
+        v = parse_variant(f'tm-{tok}')
+        return (
+            set(v.model_kwargs)
+            | ({'freeze'} if v.freeze_evidence_weight else set())
+            | ({'epochs'} if v.epochs else set())
+        )
+
+    for a, b in combinations(examples, 2):
+        if settings(a) & settings(b):
+            with pytest.raises(ValueError, match=f"'{a}' and '{b}' both set"):
+                parse_variant(f'tm-{a}-{b}')
+        else:
+            parse_variant(f'tm-{a}-{b}')
+    with pytest.raises(ValueError, match="'ep2' and 'ep3' both set"):
+        parse_variant('baseline-ep2-ep3')

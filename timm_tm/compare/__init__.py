@@ -31,6 +31,8 @@ Variant names: ``baseline``, or ``tm`` followed by ``-``-separated options that 
 * ``ep<int>``: this variant's own epoch count (also ``baseline-ep<int>``: a baseline trained longer, the
   comparison at equal cost and the check that the baseline has plateaued)
 
+Two options that set the same thing (``tm-m1-m4``, ``tm-w1-noguide``, ``tm-embtied-embclasses``) are refused.
+
 The modules: ``variants`` (the names above), ``data`` (the two pipelines), ``training`` (one run),
 ``statistics`` (means, paired differences, verdicts), ``report`` (the files written and the table), ``runner``
 (the runs, serial or in worker processes) and ``cli`` (the arguments and ``main``).
