@@ -11,8 +11,9 @@ Data: scikit-learn's digits (the default, installs with scikit-learn), cluttered
 MNIST digits that ship with the package (or another MNIST ``.npz``, ``--mnist-npz``), or any ImageFolder-layout
 folder with ``train/`` and ``val/`` (``--data-dir``, read with timm's ``create_dataset`` / ``create_loader``).
 
-Output, under ``--out``: ``results.json`` (every per-seed number, rewritten after each finished run, so an
-interrupted comparison keeps what it finished; ``--resume`` skips those), ``results.md`` (the table) and
+Output, under ``--out``: ``results.json`` (every per-seed number, written before the first run and rewritten after
+each finished one, so an interrupted comparison keeps what it finished; ``--resume`` skips those; the folder is
+locked while a comparison runs in it), ``results.md`` (the table) and
 ``results.png`` (final top-1 per seed and mean per variant) and ``curves.png`` (val top-1 per epoch, mean ± std
 over seeds per variant). Runs go ``--jobs`` at a time, each in its own process with ``--threads`` threads (one by
 default on the CPU), so per-seed numbers do not depend on how many run side by side.
