@@ -7,7 +7,8 @@ Subcommands are imported only when run (each brings its own optional dependencie
 * 1: the work failed (a file that cannot be read, a run that diverged): one line ``timm-tm CMD: error: ...``
   on stderr (:func:`report_error`);
 * 2: the arguments are wrong, found before any work starts: argparse's usage and error line
-  (``parser.error``).
+  (``parser.error``);
+* 128 + the signal's number (130, 143): stopped by SIGINT / SIGTERM, one line (``compare``, whose runs take long).
 """
 
 import argparse
