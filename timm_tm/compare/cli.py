@@ -16,6 +16,7 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 
+from timm_tm.bench.machine import numerics_record
 from timm_tm.cli import command_parser, int_list
 from timm_tm.data import FASHION_MNIST_DIR
 
@@ -177,6 +178,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'title', 'reuse')}
     config['scale'] = list(args.scale) if args.scale else None
     config['command'] = 'timm-tm compare ' + ' '.join(argv)
+    # what bit-for-bit equal reruns need besides the recipe (benchmarks/reproduce.py compares exactly only then)
+    config['machine'] = numerics_record(args.threads, args.device)
     runs = _previous_runs(out, config, args.resume, parser)
     runs += _reused_runs(args.reuse, runs, args.seeds, args.variants, config, parser)
     return run_comparison(args, variants, device, out, config, runs)
@@ -288,6 +291,8 @@ def _previous_runs(out: Path, config: Dict[str, Any], resume: bool, parser: argp
     prev = _read_results(results_path, config, '--resume', 'choose another --out', parser)
     # the command that started the folder stays its command; resumptions are listed after it
     config['resumed_with'] = prev['config'].get('resumed_with', []) + [config['command']]
+    if prev['config'].get('machine') != config['machine']:
+        config['machine'] = None  # the runs come from more than one machine kind (or an unrecorded one)
     config['command'] = prev['config']['command']
     if prev['config'].get('reused_from'):
         config['reused_from'] = prev['config']['reused_from']
