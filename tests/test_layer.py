@@ -381,7 +381,7 @@ def test_state_dict_records_the_configuration_with_stable_codes():
     from timm_tm.layers import CONFIG_FIELDS, EMBEDDINGS, EVIDENCE_MODES, EVIDENCE_POOLS
 
     assert EVIDENCE_MODES[:2] == ('gradient', 'logits') and EVIDENCE_POOLS[:2] == ('logsumexp', 'max')
-    assert EMBEDDINGS[:4] == ('none', 'templates', 'classes', 'tied')
+    assert EMBEDDINGS[:5] == ('none', 'templates', 'classes', 'tied', 'argmax')
     assert CONFIG_FIELDS == (
         'version',
         'evidence_mode',
@@ -403,12 +403,13 @@ def test_state_dict_records_the_configuration_with_stable_codes():
     [
         (dict(evidence_mode='logits'), "evidence_mode='logits'"),  # the same tensors: it loaded and predicted otherwise
         (dict(evidence_pool='max'), "evidence_pool='max'"),
+        (dict(embedding='argmax'), "embedding='argmax'"),  # the same keys as 'tied', another assignment
         (dict(num_classes=5, templates_per_class=2), 'templates_per_class=2, num_classes=5'),  # 10 templates both
     ],
 )
 def test_weights_of_another_configuration_are_refused_naming_it(source, needle):
     block = TemplateMatching(8, **{'num_classes': 10, **source})
-    target = TemplateMatching(8, 10)
+    target = TemplateMatching(8, 10, embedding='tied' if 'embedding' in source else 'none')
     with pytest.raises(RuntimeError, match=needle):
         target.load_state_dict(block.state_dict())
     older = {k: v for k, v in block.state_dict().items() if k != 'tm_config'}

@@ -330,11 +330,15 @@ def _reused_runs(
     reused = []
     for path in paths:
         other = _read_results(Path(path), config, '--reuse', 'reuse only runs of the same recipe', parser)
+        taken = 0
         for r in other['runs']:
             key = (r.get('variant'), r.get('seed'))
             if key[0] in variants and key[1] in seeds and key not in have:
                 reused.append({**r, 'reused_from': os.path.abspath(path)})
                 have.add(key)
+                taken += 1
+        if taken and other['config'].get('machine') != config.get('machine'):
+            config['machine'] = None  # runs made on another machine kind (or an unrecorded one)
     if paths:
         config['reused_from'] = sorted(set(config.get('reused_from', []) + [os.path.abspath(p) for p in paths]))
     return reused
