@@ -36,6 +36,10 @@ CONFIG_KEY = 'tm_config'
 CONFIG_VERSION = 1
 CONFIG_FIELDS = ('version', 'evidence_mode', 'evidence_pool', 'embedding', 'templates_per_class', 'num_classes')
 _CONFIG_CHOICES = {'evidence_mode': EVIDENCE_MODES, 'evidence_pool': EVIDENCE_POOLS, 'embedding': EMBEDDINGS}
+CONFIG_ADVICE = (
+    'create the model with the TM options the weights were made with (num_classes is template_classes for a '
+    'num_classes=0 model)'
+)
 
 
 @register_notrace_function  # a leaf call under timm's FX tracer (feature extraction): shapes are not traceable
@@ -342,12 +346,6 @@ class TemplateMatching(nn.Module):
             f'templates_per_class={self.templates_per_class}, evidence_pool={self.evidence_pool!r}, '
             f'evidence_mode={self.evidence_mode!r}, embedding={self.embedding!r}'
         )
-
-
-CONFIG_ADVICE = (
-    'create the model with the TM options the weights were made with (num_classes is template_classes for a '
-    'num_classes=0 model)'
-)
 
 
 def tm_config_problem(
