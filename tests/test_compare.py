@@ -98,6 +98,20 @@ def test_resume_skips_finished_runs(tmp_path, capsys):
     assert 'epochs' in capsys.readouterr().err
 
 
+def test_results_record_the_machine_kind_and_a_resume_on_another_is_none(tmp_path, monkeypatch):
+    """What benchmarks/reproduce.py needs to know to compare exactly: the machine kind that made every run."""
+    from timm_tm.bench.machine import numerics_record
+
+    out = tmp_path / 'run'
+    args = TINY + ['--variants', 'baseline', '--seeds', '0', '--out', str(out)]
+    assert main(args) == 0
+    config = json.loads((out / 'results.json').read_text())['config']
+    assert config['machine'] == numerics_record(config['threads']) and config['machine']['kernel_env'] == {}
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'SSE41')  # another CPU kind for oneDNN's convolutions
+    assert main(args + ['--seeds', '0', '1', '--resume']) == 0
+    assert json.loads((out / 'results.json').read_text())['config']['machine'] is None  # runs of two kinds
+
+
 def test_image_folder_and_frozen_guidance(tmp_path):
     """An ImageFolder dataset goes through timm's create_dataset / create_loader; noguide keeps w at 0."""
     from timm_tm.data import load_digits_arrays, split_arrays, write_image_folder

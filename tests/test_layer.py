@@ -370,3 +370,48 @@ def test_follows_a_stage_of_another_timm_cnn(model_name):
     assert losses[-1] < losses[0]
     for name in ('tm.templates.weight', 'tm.log_temperature', 'tm.embed.weight'):
         assert not torch.equal(before[name], dict(model.named_parameters())[name]), f'{name} did not train'
+
+
+# ------------------------------------------------------------------------------- the configuration in the state_dict
+
+
+def test_state_dict_records_the_configuration_with_stable_codes():
+    """Codes are positions in EVIDENCE_MODES / EVIDENCE_POOLS / EMBEDDINGS: checkpoints keep them, so the tuples only
+    grow at their end (a new option gets the next code)."""
+    from timm_tm.layers import CONFIG_FIELDS, EMBEDDINGS, EVIDENCE_MODES, EVIDENCE_POOLS
+
+    assert EVIDENCE_MODES[:2] == ('gradient', 'logits') and EVIDENCE_POOLS[:2] == ('logsumexp', 'max')
+    assert EMBEDDINGS[:5] == ('none', 'templates', 'classes', 'tied', 'argmax')
+    assert CONFIG_FIELDS == (
+        'version',
+        'evidence_mode',
+        'evidence_pool',
+        'embedding',
+        'templates_per_class',
+        'num_classes',
+    )
+    tm = TemplateMatching(8, 10, templates_per_class=2, evidence_pool='max', evidence_mode='logits', embedding='tied')
+    record = tm.state_dict()['tm_config']
+    assert record.dtype == torch.int64 and record.tolist() == [1, 1, 1, 3, 2, 10]
+    assert tm.half().state_dict()['tm_config'].dtype == torch.int64  # a dtype cast leaves it an integer record
+    tm.reset_classes(3)
+    assert tm.state_dict()['tm_config'].tolist() == [1, 1, 1, 3, 2, 3]
+
+
+@pytest.mark.parametrize(
+    'source, needle',
+    [
+        (dict(evidence_mode='logits'), "evidence_mode='logits'"),  # the same tensors: it loaded and predicted otherwise
+        (dict(evidence_pool='max'), "evidence_pool='max'"),
+        (dict(embedding='argmax'), "embedding='argmax'"),  # the same keys as 'tied', another assignment
+        (dict(num_classes=5, templates_per_class=2), 'templates_per_class=2, num_classes=5'),  # 10 templates both
+    ],
+)
+def test_weights_of_another_configuration_are_refused_naming_it(source, needle):
+    block = TemplateMatching(8, **{'num_classes': 10, **source})
+    target = TemplateMatching(8, 10, embedding='tied' if 'embedding' in source else 'none')
+    with pytest.raises(RuntimeError, match=needle):
+        target.load_state_dict(block.state_dict())
+    older = {k: v for k, v in block.state_dict().items() if k != 'tm_config'}
+    target.load_state_dict(older)  # saved before the record existed: loads as it always did
+    assert torch.equal(target.templates.weight, block.templates.weight)

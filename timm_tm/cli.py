@@ -46,6 +46,13 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's whole message on one line (its lines stripped and joined): torch's load_state_dict errors are
+    a page of tab-indented lines, a one-line report must keep what they name."""
+    text = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
+
+
 def int_list(text: str, minimum: int = 1) -> List[int]:
     """argparse type: ``'2,2,2,2'`` -> ``[2, 2, 2, 2]`` (``''`` -> ``[]``), each at least ``minimum``."""
     try:

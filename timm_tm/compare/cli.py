@@ -18,6 +18,7 @@ from timm.data import create_transform
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 
+from timm_tm.bench.machine import numerics_record
 from timm_tm.cli import command_parser, first_line, int_list
 from timm_tm.data import FASHION_MNIST_DIR
 from timm_tm.files import LockedError, exclusive_lock
@@ -214,6 +215,8 @@ def _compare(args: argparse.Namespace, argv: List[str], parser: argparse.Argumen
     config = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'title', 'reuse')}
     config['scale'] = list(args.scale) if args.scale else None
     config['command'] = 'timm-tm compare ' + ' '.join(argv)
+    # what bit-for-bit equal reruns need besides the recipe (benchmarks/reproduce.py compares exactly only then)
+    config['machine'] = numerics_record(args.threads, args.device)
     with _claimed(out, args, parser):
         runs = _previous_runs(out, config, args.resume, parser)
         runs += _reused_runs(args.reuse, runs, args.seeds, args.variants, config, parser)
@@ -432,6 +435,8 @@ def _previous_runs(out: Path, config: Dict[str, Any], resume: bool, parser: argp
     prev = _read_results(results_path, config, '--resume', 'choose another --out', parser)
     # the command that started the folder stays its command; resumptions are listed after it
     config['resumed_with'] = prev['config'].get('resumed_with', []) + [config['command']]
+    if prev['config'].get('machine') != config['machine']:
+        config['machine'] = None  # the runs come from more than one machine kind (or an unrecorded one)
     config['command'] = prev['config']['command']
     if prev['config'].get('reused_from'):
         config['reused_from'] = prev['config']['reused_from']
@@ -470,11 +475,15 @@ def _reused_runs(
     reused = []
     for path in paths:
         other = _read_results(Path(path), config, '--reuse', 'reuse only runs of the same recipe', parser)
+        taken = 0
         for r in other['runs']:
             key = (r.get('variant'), r.get('seed'))
             if key[0] in variants and key[1] in seeds and key not in have:
                 reused.append({**r, 'reused_from': os.path.abspath(path)})
                 have.add(key)
+                taken += 1
+        if taken and other['config'].get('machine') != config.get('machine'):
+            config['machine'] = None  # runs made on another machine kind (or an unrecorded one)
     if paths:
         config['reused_from'] = sorted(set(config.get('reused_from', []) + [os.path.abspath(p) for p in paths]))
     return reused
