@@ -88,6 +88,7 @@ def test_scale_sweep_grows_with_templates(tmp_path):
     'argv,message',
     [
         (['--models', '7'], '--models'),
+        (['--models', 'resnet50s'], '--models'),
         (['--modes', 'fast'], '--modes'),
         (['--batch-size', '0'], '--batch-size'),
         (['--device', 'tpu'], '--device'),
@@ -112,8 +113,31 @@ def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):
 
 
 def test_parse_models():
-    assert parse_models('18,50,101') == [18, 50, 101]
-    assert parse_models('resnet50,tm_resnet18') == [50, 18]
+    assert parse_models('18,50,101') == ['tm_resnet18', 'tm_resnet50', 'tm_resnet101']
+    assert parse_models('resnet50,tm_resnet18') == ['tm_resnet50', 'tm_resnet18']
+    assert parse_models('resnet50d, tm_seresnext50_32x4d,wide_resnet50_2') == [
+        'tm_resnet50d',
+        'tm_seresnext50_32x4d',
+        'tm_wide_resnet50_2',
+    ]
+    for bad in ('resnet50s', 'tm_resnet18_small', '7'):  # not in the family; no twin in timm; no such depth
+        with pytest.raises(ValueError, match=f"--models: '{bad}' is none of resnet18, resnet26, .*resnet50d"):
+            parse_models(bad)
+
+
+def test_a_variant_is_benched_against_its_base_side_by_side(tmp_path, capsys):
+    """tm_resnet18d against timm's resnet18d (not resnet18): both in the results and the printed table."""
+    pytest.importorskip('fvcore')
+    out = tmp_path / 'bench.json'
+    argv = ['--models', 'resnet18d', '--rounds', '1', '--modes', 'infer', '--no-memory', '--num-classes', '10']
+    assert main([*argv, *TINY, '-o', str(out)]) == 0
+    assert '| tm_resnet18d / resnet18d | eager |' in capsys.readouterr().out
+    (pair,) = json.loads(out.read_text())['pairs']
+    assert (pair['tm_model'], pair['base_model']) == ('tm_resnet18d', 'resnet18d')
+    extra = _tm_params([(256, 10), (512, 10)])  # the same backbone: the TM blocks are the only difference
+    assert pair['profile']['tm']['params_m'] * 1e6 - pair['profile']['base']['params_m'] * 1e6 == pytest.approx(
+        extra, abs=0.5
+    )
 
 
 QUICK = ['--models', '18', '--rounds', '1', '--modes', 'infer', '--no-memory', '--no-profile', *TINY]

@@ -15,7 +15,10 @@ import sys
 
 import numpy as np
 import pytest
+import timm
+import torch
 
+from timm_tm.checkpoints import read_checkpoint
 from timm_tm.scripts import main as run_main
 
 # --- timm-tm run: always on --------------------------------------------------------------------------------------
@@ -181,3 +184,39 @@ def test_benchmark_py_through_timm_tm_run(train_py, tmp_path):
         row = next(csv.DictReader(f))
     assert row['model'] == 'tm_resnet18_small'
     assert float(row['infer_samples_per_sec']) > 0 and float(row['train_samples_per_sec']) > 0
+
+
+# Two variants stand for the new members of the family: the label path into the templates (the blocks' class
+# evidence in the logits) is the family's one forward path, TemplateMatchingStage, whatever timm blocks run before it;
+# tm_resnet18d (deep stem, average-pool downsampling, TM after stages 3 and 4) and tm_seresnext50_32x4d (grouped SE
+# bottlenecks, TM after stage 4 alone) cover both placements, both block kinds and the ResNet-D, ResNeXt and SE kwargs.
+@pytest.mark.train_script
+@pytest.mark.parametrize('name', ['tm_resnet18d', 'tm_seresnext50_32x4d'])
+def test_train_py_trains_a_variants_templates_with_mixup_and_ema(train_py, mnist_folder, tmp_path, name):
+    """A real train.py run with mixup and EMA moves the templates of the model and of its EMA.
+
+    No weight decay and no embedding: the labels' gradient through the class evidence is then the templates' only
+    way to change, so this fails when the labels stop reaching them.
+    """
+    start = timm.create_model(name, num_classes=10, embedding='none')
+    initial = tmp_path / 'initial.pth.tar'  # the known start: train.py --initial-checkpoint
+    torch.save({'state_dict': start.state_dict()}, initial)
+    templates = {f'{n}.templates.weight': b.templates.weight.detach().clone() for n, b in start.tm_blocks().items()}
+    cmd = [
+        sys.executable, str(train_py), str(mnist_folder), '--device-modules', 'timm_tm', '--model', name,
+        '--model-kwargs', 'embedding=none', '--initial-checkpoint', str(initial), '--num-classes', '10',
+        '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '1', '-b', '10', '--opt', 'adamw',
+        '--lr', '2e-3', '--weight-decay', '0', '--warmup-epochs', '0', '--mixup', '0.4', '--cutmix', '0.4',
+        '--model-ema', '--model-ema-decay', '0.9', '--hflip', '0', '--workers', '0', '--val-split', 'validation',
+        '--output', str(tmp_path), '--experiment', 'run', '--seed', '0',
+    ]  # fmt: skip
+    _run(cmd, cwd=tmp_path)
+    recorded = (tmp_path / 'run' / 'args.yaml').read_text()
+    assert 'mixup: 0.4' in recorded and 'cutmix: 0.4' in recorded and 'model_ema: true' in recorded
+    for use_ema in (False, True):
+        state_dict, _ = read_checkpoint(tmp_path / 'run' / 'last.pth.tar', use_ema=use_ema)
+        assert sorted(templates) == sorted(k for k in state_dict if k.endswith('.templates.weight'))
+        for key, before in templates.items():
+            moved = (state_dict[key] - before).abs().max().item()
+            which = 'EMA' if use_ema else 'model'
+            assert moved > 1e-3, f'{which} {key} did not move ({moved:.2e}): the labels do not reach the templates'

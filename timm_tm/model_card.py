@@ -19,7 +19,11 @@ import string
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import timm
 import torch.nn as nn
+from timm.models import get_pretrained_cfg
+
+from timm_tm.models.tm_resnet import TM_ARCHS, tm_baseline
 
 __all__ = [
     'CARD_FIELDS',
@@ -30,6 +34,8 @@ __all__ = [
     'render_card',
     'training_text',
     'tm_block_text',
+    'base_model_text',
+    'initial_weights',
     'tm_details',
     'metrics_text',
 ]
@@ -49,6 +55,9 @@ CARD_FIELDS: Dict[str, str] = {
     'activations_m': 'activations, millions, at image_size',
     'image_size': 'input size the numbers are measured at, e.g. "32 x 32"',
     'tm_block': 'what the exported TM blocks compute, in words (embedding, how the evidence reaches the logits)',
+    'base_model': "the TM-free network the architecture adds its TM blocks to, e.g. timm's `resnet50d`",
+    'initial_weights': 'what the run started from: timm weights (e.g. `timm/resnet50d.ra2_in1k`), a file, or none',
+    'base_model_yaml': 'front matter line `base_model: ORG/NAME` when the run started from Hub weights, else empty',
     'tm_details': 'TM block placement, templates per class, classes',
     'training': 'recipe read from the checkpoint (epochs, optimizer, lr, batch size, EMA)',
     'metrics': 'Markdown table of top-1 / top-5 from the run summary.csv, or a sentence saying none were given',
@@ -188,6 +197,7 @@ library_name: timm
 license: ${license}
 datasets:
 ${datasets_yaml}
+${base_model_yaml}
 ---
 # Model card for ${model_name}
 
@@ -203,9 +213,11 @@ ResNet Block", BMVC 2022). ${tm_block}
   - GMACs: ${gmacs}
   - Activations (M): ${activations_m}
   - Image size: ${image_size}
+- **Base model:** ${base_model}
 - **Template matching:** ${tm_details}
 - **Classes:** ${num_classes}
 - **Dataset:** ${dataset}
+- **Initial weights:** ${initial_weights}
 - **Training:** ${training}
 - **Papers:**
   - Feature Embedding by Template Matching as a ResNet Block: https://arxiv.org/abs/2210.00992
@@ -322,6 +334,46 @@ def tm_block_text(model: nn.Module) -> str:
         'Each TM block scores every region of its feature map against per-class templates (cosine, learnable '
         f'temperature) and {_EMBEDDING_TEXT[first.embedding]}. {_EVIDENCE_TEXT[first.evidence_mode]}'
     )
+
+
+def base_model_text(architecture: str) -> str:
+    """The TM-free network ``architecture`` (a tm_* model) adds its TM blocks to, in one line."""
+    if architecture in TM_ARCHS:
+        base, kwargs = tm_baseline(architecture)
+        if kwargs:  # tm_resnet18_small: no twin in timm
+            shown = ', '.join(f'{k}={v}' for k, v in kwargs.items())
+            return f'`{base}` with `{shown}` (the same network without TM blocks; timm has no such ResNet)'
+        return f"timm's `{base}` (the same network without the TM blocks)"
+    base = architecture[len('tm_') :] if architecture.startswith('tm_') else ''
+    if base and timm.is_model(base):
+        return f"timm's `{base}` (the same network without the TM blocks)"
+    return 'not known to this timm-tm'
+
+
+def initial_weights(args: Dict[str, Any]) -> Tuple[str, Optional[str]]:
+    """(what the run recorded in ``args`` (train.py's arguments) started from, in one line; the Hub repo of those
+    weights, or None): timm's pretrained tag (``--pretrained``; for ``tm_X.<tag>`` the base's own ``X.<tag>``
+    weights), ``--pretrained-path`` or ``--initial-checkpoint`` (files, named), or random initialization."""
+    if not args:
+        return 'not recorded in the checkpoint (a bare state_dict)', None
+    if args.get('initial_checkpoint'):
+        return f'the checkpoint `{Path(args["initial_checkpoint"]).name}` (train.py --initial-checkpoint)', None
+    if not args.get('pretrained'):
+        return 'none: trained from random initialization', None
+    if args.get('pretrained_path'):
+        return f'the weights file `{Path(args["pretrained_path"]).name}` (train.py --pretrained-path)', None
+    model = args.get('model')
+    cfg = get_pretrained_cfg(model) if isinstance(model, str) else None  # None for hf-hub: and local-dir: names
+    if cfg is None:
+        return f'the pretrained weights of `{model}` (train.py --pretrained)', None
+    tag = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
+    if cfg.hf_hub_id and cfg.hf_hub_id.startswith('timm/'):
+        return (
+            f"`{cfg.hf_hub_id}`, timm's own weights of the base, loaded with the TM blocks at identity (the "
+            f'pretrained tag `{tag}`)',
+            cfg.hf_hub_id,
+        )
+    return f'the pretrained tag `{tag}`' + (f' (`{cfg.hf_hub_id}`)' if cfg.hf_hub_id else ''), cfg.hf_hub_id
 
 
 def tm_details(model: nn.Module) -> str:

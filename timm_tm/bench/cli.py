@@ -12,7 +12,7 @@ import torch
 
 from timm_tm.cli import command_parser, int_list, report_error
 from timm_tm.files import atomic_write_text
-from timm_tm.models.tm_resnet import TM_ARCHS
+from timm_tm.models.tm_resnet import STAGES, TM_ARCHS, tm_baseline
 
 from .machine import load_average, machine_record
 from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD
@@ -20,22 +20,25 @@ from .pair import bench_pair
 from .report import TARGETS, format_pair, markdown_summary, scale_table
 from .runner import MODES
 
-__all__ = ['DEPTHS', 'STAGES', 'parse_models', 'stage_set', 'build_parser', 'resolve_config', 'main']
+__all__ = ['BENCH_MODELS', 'parse_models', 'stage_set', 'build_parser', 'resolve_config', 'main']
 
-DEPTHS = (18, 26, 34, 50, 101, 152)
-STAGES = (1, 2, 3, 4)
+# the tm_* models with a twin in timm (tm_X against timm's X); tm_resnet18_small's baseline is itself without TM
+# blocks, which `timm-tm compare` trains against it
+BENCH_MODELS = tuple(name for name in TM_ARCHS if not tm_baseline(name)[1])
 
 
-def parse_models(spec: str) -> List[int]:
-    """'18,50,101' (or 'resnet50', 'tm_resnet50') -> [18, 50, 101]."""
-    depths = []
+def parse_models(spec: str) -> List[str]:
+    """'18,resnet50d,tm_resnext50_32x4d' -> ['tm_resnet18', 'tm_resnet50d', 'tm_resnext50_32x4d']: a ResNet depth,
+    timm's base name or the tm_ name of each model of :data:`BENCH_MODELS`."""
+    names = []
     for item in spec.split(','):
         item = item.strip()
-        digits = item.removeprefix('tm_').removeprefix('resnet')
-        if not digits.isdigit() or int(digits) not in DEPTHS:
-            raise ValueError(f'--models: {item!r} is not one of the ResNet depths {DEPTHS} (e.g. --models 18,50,101)')
-        depths.append(int(digits))
-    return depths
+        name = f'tm_resnet{item}' if item.isdigit() else item if item.startswith('tm_') else f'tm_{item}'
+        if name not in BENCH_MODELS:
+            known = ', '.join(tm_baseline(n)[0] for n in BENCH_MODELS)
+            raise ValueError(f'--models: {item!r} is none of {known} (or a depth: --models 18,50,resnet50d)')
+        names.append(name)
+    return names
 
 
 def stage_set(text: str) -> Tuple[int, ...]:
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``timm-tm bench`` (the arguments in the order ``--help`` lists them)."""
     parser = command_parser(
         'bench',
-        description='Throughput and peak memory of tm_resnetX against timm resnetX, run side by side (A B B A ...).',
+        description='Throughput and peak memory of each tm_X against timm X, run side by side (A B B A ...).',
     )
     _add_model_arguments(parser)
     _add_run_arguments(parser)
@@ -65,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--models', default='50', help="ResNet depths to compare, e.g. '18,50,101' (default: 50)")
+    parser.add_argument(
+        '--models',
+        default='50',
+        help="models to compare with their base, e.g. '18,50,101' (ResNet depths) or 'resnet50d,resnext50_32x4d' "
+        '(timm names, with or without tm_; default: 50)',
+    )
     parser.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present)")
     parser.add_argument('--batch-size', '-b', type=int, default=None, help='batch size (default: 8 CPU, 256 CUDA)')
     parser.add_argument('--img-size', type=int, default=224, help='input resolution (default: 224)')
@@ -118,7 +126,7 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--scale',
         action='store_true',
-        help='sweep classes / templates per class / TM stages for the first --models depth (no memory by default)',
+        help='sweep classes / templates per class / TM stages for the first --models model (no memory by default)',
     )
     parser.add_argument(
         '--scale-classes', type=int_list, default='10,100,1000,10000', help='class counts at m=1 (--scale)'
@@ -220,9 +228,9 @@ def _tm_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return tm_kwargs
 
 
-def _default_stages(depth: int) -> Tuple[int, ...]:
-    """The TM stages tm_resnet{depth} has by default (the --scale sweep skips this stage set)."""
-    return tuple(TM_ARCHS[f'tm_resnet{depth}']['tm_stages'])
+def _default_stages(name: str) -> Tuple[int, ...]:
+    """The TM stages the tm_* model ``name`` has by default (the --scale sweep skips this stage set)."""
+    return tuple(TM_ARCHS[name]['tm_stages'])
 
 
 def _scale_configs(args: argparse.Namespace, default_stages: Tuple[int, ...]) -> List[Dict[str, Any]]:
@@ -267,34 +275,34 @@ def _start_results(command: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run_pairs(
-    depths: List[int], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
+    names: List[str], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
 ) -> List[Dict[str, Any]]:
-    """Each tm_resnetX against resnetX, printed as it finishes."""
+    """Each tm_X against timm's X, printed as it finishes."""
     results = []
-    for depth in depths:
-        print(f'\n== tm_resnet{depth} vs resnet{depth}', flush=True)
-        result = bench_pair(depth, cfg, tm_kwargs, memory=memory, profile=profile)
+    for name in names:
+        print(f'\n== {name} vs {tm_baseline(name)[0]}', flush=True)
+        result = bench_pair(name, cfg, tm_kwargs, memory=memory, profile=profile)
         print(format_pair(result), flush=True)
         results.append(result)
     return results
 
 
 def _run_scale(
-    depth: int,
+    name: str,
     cfg: Dict[str, Any],
     tm_kwargs: Dict[str, Any],
     configs: List[Dict[str, Any]],
     memory: bool,
     profile: bool,
 ) -> List[Dict[str, Any]]:
-    """tm_resnet{depth} against resnet{depth} with the same class count, once per configuration of the sweep."""
-    default_stages = _default_stages(depth)
+    """tm_X against X with the same class count, once per configuration of the sweep."""
+    default_stages = _default_stages(name)
     rows = []
     for config in configs:
         row_cfg = dict(cfg, num_classes=config['num_classes'])
         kwargs = dict(tm_kwargs, **{k: v for k, v in config.items() if k != 'num_classes'})
-        print(f'\n== tm_resnet{depth} {kwargs}, {config["num_classes"]} classes', flush=True)
-        row = bench_pair(depth, row_cfg, kwargs, memory=memory, profile=profile)
+        print(f'\n== {name} {kwargs}, {config["num_classes"]} classes', flush=True)
+        row = bench_pair(name, row_cfg, kwargs, memory=memory, profile=profile)
         row['tm_stages'] = list(kwargs.get('tm_stages', default_stages))
         print(format_pair(row), flush=True)
         rows.append(row)
@@ -317,7 +325,7 @@ def _write_results(path: str, payload: Dict[str, Any], force: bool) -> int:
 def _run(
     args: argparse.Namespace,
     payload: Dict[str, Any],
-    depths: List[int],
+    names: List[str],
     cfg: Dict[str, Any],
     tm_kwargs: Dict[str, Any],
     scale_configs: List[Dict[str, Any]],
@@ -325,16 +333,16 @@ def _run(
     """Run the pairs (or the --scale sweep) into ``payload``, printing as they go."""
     profile = not args.no_profile
     if args.scale:
-        depth = depths[0]
-        rows = _run_scale(depth, cfg, tm_kwargs, scale_configs, args.scale_memory and not args.no_memory, profile)
+        name = names[0]
+        rows = _run_scale(name, cfg, tm_kwargs, scale_configs, args.scale_memory and not args.no_memory, profile)
         payload['scale'] = rows
         payload['markdown'] = scale_table(rows)
-        print(f'\ntm_resnet{depth} against resnet{depth} with the same class count (ratio = TM / baseline):')
+        print(f'\n{name} against {tm_baseline(name)[0]} with the same class count (ratio = TM / baseline):')
         print(payload['markdown'])
     else:
         if not args.no_memory:
             print(f'peak memory: {payload["memory_method"]}', flush=True)
-        payload['pairs'] = _run_pairs(depths, cfg, tm_kwargs, not args.no_memory, profile)
+        payload['pairs'] = _run_pairs(names, cfg, tm_kwargs, not args.no_memory, profile)
         payload['markdown'] = markdown_summary(payload['pairs'])
         print('\n' + payload['markdown'])
     payload['load_average_end'] = load_average()
@@ -346,10 +354,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        depths = parse_models(args.models)
+        names = parse_models(args.models)
         cfg = resolve_config(args)
         tm_kwargs = _tm_kwargs(args)
-        scale_configs = _scale_configs(args, _default_stages(depths[0])) if args.scale else []
+        scale_configs = _scale_configs(args, _default_stages(names[0])) if args.scale else []
         check_output(args.output, args.force)
     except ValueError as e:
         parser.error(str(e))
@@ -359,7 +367,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     payload = _start_results('timm-tm bench ' + ' '.join(sys.argv[1:] if argv is None else argv), cfg)
     try:
-        _run(args, payload, depths, cfg, tm_kwargs, scale_configs)
+        _run(args, payload, names, cfg, tm_kwargs, scale_configs)
     except RuntimeError as e:  # no /proc peak memory on this system, a memory subprocess that failed, out of memory
         return report_error('bench', ' '.join(str(e).split()))
     return _write_results(args.output, payload, args.force)

@@ -1,4 +1,4 @@
-"""One pair, tm_resnetX against timm's resnetX: params and GMACs once, then per variant (eager, compiled) the
+"""One pair, tm_X against timm's X: params and GMACs once, then per variant (eager, compiled) the
 alternating timing of each mode, the peak memory and the targets met."""
 
 import gc
@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from timm_tm.models.tm_resnet import tm_baseline
 from timm_tm.profiling import profile_model
 
 from .memory import cpu_memory, cuda_memory
@@ -82,16 +83,18 @@ def _bench_variant(
 
 
 def bench_pair(
-    depth: int,
+    name: str,
     cfg: Dict[str, Any],
     tm_kwargs: Optional[Dict[str, Any]] = None,
     memory: bool = True,
     profile: bool = True,
 ) -> Dict[str, Any]:
-    """Benchmark ``tm_resnet{depth}`` against ``resnet{depth}``; ``cfg`` as :func:`timm_tm.bench.cli.resolve_config`
+    """Benchmark the tm_* model ``name`` (tm_X) against timm's X; ``cfg`` as :func:`timm_tm.bench.cli.resolve_config`
     builds it. ``memory``: peak memory on the CPU too (on CUDA it is always measured); ``profile``: params / GMACs."""
     tm_kwargs = dict(tm_kwargs or {})
-    tm, base = f'tm_resnet{depth}', f'resnet{depth}'
+    tm, (base, base_kwargs) = name, tm_baseline(name)
+    if base_kwargs:
+        raise ValueError(f'{name} has no twin in timm (its baseline is itself with {base_kwargs}): nothing to bench')
     result: Dict[str, Any] = {
         'tm_model': tm,
         'base_model': base,
