@@ -108,8 +108,8 @@ PRESETS: Dict[str, List[str]] = {
 # top-1 differs from the committed one about as two seeds differ, with standard deviation sqrt(2) x s for one seed
 # (s: the preset's seed-to-seed standard deviation, pooled over its variants) and sqrt(2 / n) x s for the mean of n.
 # 4 of those keeps a false alarm below 1 in 10,000 per variant (normal tails), where the measured reruns sit within
-# 2.5 (digits, ONEDNN_MAX_CPU_ISA=SSE41: tm seed 0 at 97.77 against 98.33-99.16 committed); on digits (s = 0.39) it
-# is 2.2 points for one seed, 1.0 for five. A change that moves top-1 by more fails here; smaller ones show in the
+# 2.5 (digits, ONEDNN_MAX_CPU_ISA=SSE41: tm-noembed seed 0 at 97.77 against 98.33-99.16 committed); on digits
+# (s = 0.39) it is 2.2 points for one seed, 1.0 for five. A change that moves top-1 by more fails here; smaller ones show in the
 # first-epoch loss below, or need the machine kind that made the numbers (exact).
 TOP1_SPREADS = 4.0
 # The first epoch's mean training loss differs between CPU kinds by at most 0.0015 measured (digits: 2.20731 vs
