@@ -109,8 +109,8 @@ PRESETS: Dict[str, List[str]] = {
 # (s: the preset's seed-to-seed standard deviation, pooled over its variants) and sqrt(2 / n) x s for the mean of n.
 # 4 of those keeps a false alarm below 1 in 10,000 per variant (normal tails), where the measured reruns sit within
 # 2.5 (digits, ONEDNN_MAX_CPU_ISA=SSE41: tm-noembed seed 0 at 97.77 against 98.33-99.16 committed); on digits
-# (s = 0.39) it is 2.2 points for one seed, 1.0 for five. A change that moves top-1 by more fails here; smaller ones show in the
-# first-epoch loss below, or need the machine kind that made the numbers (exact).
+# (s = 0.39) it is 2.2 points for one seed, 1.0 for five. A change that moves top-1 by more fails here; smaller ones
+# show in the first-epoch loss below, or need the machine kind that made the numbers (exact).
 TOP1_SPREADS = 4.0
 # The first epoch's mean training loss differs between CPU kinds by at most 0.0015 measured (digits: 2.20731 vs
 # 2.20736 and 2.2073 vs 2.2086; cluttered MNIST seed 5: 2.2437 vs 2.2430, 2.2692 vs 2.2677): the rounding has had
