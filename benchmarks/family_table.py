@@ -3,10 +3,10 @@
 Counted with ``timm_tm.profiling.profile_model`` (fvcore, as timm's ``benchmark.py --bench profile`` counts them:
 one multiply-add is one MAC) at each model's default input size, with its default kwargs (1000 classes, except
 tm_resnet18_small: 10 classes at 32 px). The base of tm_X is timm's X (``tm_baseline``); that of tm_resnet18_small
-is the same model with ``tm_stages=()``. The last column is the overhead of the same TM blocks with an embedding
-(``embedding='tied'``: the match and the embedding, about twice the default block's MACs), which the placement rule
-(``choose_tm_stages``) keeps within ``TM_MACS_BUDGET``; a model whose placement is not the rule's is reported on
-stderr and makes the exit status 1.
+is the same model with ``tm_stages=()``. The default block embeds features (``embedding='argmax'``: the match and
+the embedding, two 1x1 products), the cost the placement rule (``choose_tm_stages``) keeps within
+``TM_MACS_BUDGET``; the last column is the overhead of the evidence-only blocks (``embedding='none'``: the match
+alone, about half). A model whose placement is not the rule's is reported on stderr and makes the exit status 1.
 
     python benchmarks/family_table.py                     # print the table
     python benchmarks/family_table.py --readme README.md  # and replace the one between the README's table markers
@@ -30,7 +30,7 @@ TABLE_END = '<!-- /family-table -->'
 SMALL_KWARGS = dict(num_classes=10)
 HEADER = (
     'model', 'base', 'TM stages', 'templates / class', 'params (M)', 'GMACs', 'activations (M)', 'input, classes',
-    'params +', 'GMACs +', 'activations +', 'GMACs + with an embedding',
+    'params +', 'GMACs +', 'activations +', 'GMACs + evidence only',
 )  # fmt: skip
 
 
@@ -45,8 +45,8 @@ def _row(name: str) -> Tuple[List[str], Optional[str]]:
     model = timm.create_model(name, **kwargs)
     input_size = model.pretrained_cfg['input_size']
     base = timm.create_model(base_name, **base_kwargs, **kwargs)
-    embedded = timm.create_model(name, embedding='tied', **kwargs)
-    tm, ref, emb = (profile_model(m, input_size) for m in (model, base, embedded))
+    evidence_only = timm.create_model(name, embedding='none', **kwargs)
+    tm, ref, ev = (profile_model(m, input_size) for m in (model, base, evidence_only))
     problem = None
     if not base_kwargs:  # the rule is for 1000 classes at 224 px: not tm_resnet18_small's own baseline
         stage_macs = tm_stage_macs(base.feature_info, input_size[-1], model.num_classes * model.templates_per_class)
@@ -66,7 +66,7 @@ def _row(name: str) -> Tuple[List[str], Optional[str]]:
         _percent(tm['params_m'], ref['params_m']),
         _percent(tm['gmacs'], ref['gmacs']),
         _percent(tm['activations_m'], ref['activations_m']),
-        _percent(emb['gmacs'], ref['gmacs']),
+        _percent(ev['gmacs'], ref['gmacs']),
     ]
     return row, problem
 
@@ -110,7 +110,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.manual_seed(0)
     table, problems = family_table(args.models)
     print(table)
-    if args.readme:
+    if args.readme:  # read again: the README may have been edited during the minutes of profiling
+        with open(args.readme, encoding='utf-8') as f:
+            readme = f.read()
         atomic_write_text(args.readme, replace_table(readme, table))
         print(f'wrote the table into {args.readme}', file=sys.stderr)
     for problem in problems:

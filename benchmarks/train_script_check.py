@@ -95,7 +95,7 @@ def main(argv: List[str]) -> int:
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     p.add_argument('--dataset', choices=sorted(AUGMENTATION), default='mnist', help='the data written (and its flips)')
     p.add_argument('--fashion-dir', default=None, help="folder of the Fashion-MNIST idx files (default: Debian's)")
-    p.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=['resnet18', 'tm_resnet18'])
+    p.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument('--data', default=None, help='ImageFolder root with train/ and val/ (default: write --dataset)')
     p.add_argument('--jobs', type=int, default=2)
     p.add_argument('--keep-checkpoints', action='store_true', help="keep train.py's checkpoints (GBs per recipe)")

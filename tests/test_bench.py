@@ -13,13 +13,19 @@ import pytest
 from timm_tm.bench import cli as bench_cli
 from timm_tm.bench import main, parse_models
 from timm_tm.files import process_umask
+from timm_tm.layers import DEFAULT_EMBEDDING
 
 TINY = ['--img-size', '64', '--batch-size', '2', '--warmup', '1', '--min-seconds', '0', '--threads', '1']
 
 
+# the default block embeds with the templates' own directions (a per-channel scale, a second K x C product)
+assert DEFAULT_EMBEDDING in ('argmax', 'tied', 'none'), 'the counts below are for these embeddings'
+EMBEDS = DEFAULT_EMBEDDING != 'none'
+
+
 def _tm_params(channels_and_classes):
-    # the default block (no embedding): templates (K x C) + temperature and evidence weight, per block
-    return sum(c * k + 2 for c, k in channels_and_classes)
+    # templates (K x C) + temperature and evidence weight per block, + the embedding's per-channel scale
+    return sum(c * k + 2 + (c if EMBEDS else 0) for c, k in channels_and_classes)
 
 
 def test_bench_end_to_end_writes_json(tmp_path, capsys):
@@ -40,9 +46,9 @@ def test_bench_end_to_end_writes_json(tmp_path, capsys):
     # exact: tm_resnet18's TM blocks follow stages 3 (256 channels) and 4 (512 channels), 10 templates each
     extra = _tm_params([(256, 10), (512, 10)])
     assert prof['tm']['params_m'] * 1e6 - prof['base']['params_m'] * 1e6 == pytest.approx(extra, abs=0.5)
-    # the match: C * K * H * W multiply-adds per block (64 px: stage 3 is 4 x 4, stage 4 is 2 x 2), plus the small
-    # elementwise work fvcore counts
-    tm_macs = 256 * 10 * 16 + 512 * 10 * 4
+    # the match (and the embedding): C * K * H * W multiply-adds each per block (64 px: stage 3 is 4 x 4, stage 4 is
+    # 2 x 2), plus the small elementwise work fvcore counts
+    tm_macs = (256 * 10 * 16 + 512 * 10 * 4) * (2 if EMBEDS else 1)
     extra_macs = (prof['tm']['gmacs'] - prof['base']['gmacs']) * 1e9
     assert tm_macs - 1 <= extra_macs <= 1.1 * tm_macs  # (GMACs are rounded floats)
     assert prof['gmacs_overhead'] == pytest.approx(prof['tm']['gmacs'] / prof['base']['gmacs'] - 1)

@@ -156,12 +156,16 @@ def test_model_and_data_args_follow_the_run_and_are_type_checked():
 
 
 def test_label_names_from_files_and_the_run(tmp_path):
-    (tmp_path / 'names.txt').write_text('cat\n\ndog\n')
+    (tmp_path / 'names.txt').write_text('cat\ndog\n\n')  # trailing blank lines end the file
     (tmp_path / 'list.json').write_text(json.dumps(['cat', 'dog']))
     (tmp_path / 'index.json').write_text(json.dumps({'1': 'dog', '0': 'cat'}))
     (tmp_path / 'to_index.json').write_text(json.dumps({'dog': 1, 'cat': 0}))
     for name in ('names.txt', 'list.json', 'index.json', 'to_index.json'):
         assert read_label_names_file(tmp_path / name) == ['cat', 'dog'], name
+    # a blank line between names was dropped, shifting every later class by one (issue 17's probes)
+    (tmp_path / 'gap.txt').write_text('cat\n\ndog\n')
+    with pytest.raises(CheckpointError, match='gap.txt line 2 is blank: one class name per line'):
+        read_label_names_file(tmp_path / 'gap.txt')
     (tmp_path / 'bad.json').write_text('["cat", ')
     with pytest.raises(CheckpointError, match='--label-names: .*bad.json is not valid JSON'):
         read_label_names_file(tmp_path / 'bad.json')

@@ -37,9 +37,9 @@ def test_end_to_end_numbers_match_what_was_printed(tmp_path, capsys):
     printed = capsys.readouterr().out
     result = json.loads((out / 'results.json').read_text())
     runs = {(r['variant'], r['seed']): r for r in result['runs']}
-    assert sorted(runs) == [(v, s) for v in ('baseline', 'tm', 'tm-embtied') for s in (0, 1)]
+    assert sorted(runs) == [(v, s) for v in ('baseline', 'tm', 'tm-noembed') for s in (0, 1)]
     md = (out / 'results.md').read_text()
-    for variant in ('baseline', 'tm', 'tm-embtied'):
+    for variant in ('baseline', 'tm', 'tm-noembed'):
         seeds = [runs[(variant, s)]['top1'] for s in (0, 1)]
         # top-1 is a count of correct images out of the 40 val images
         assert all(abs(t * 40 / 100 - round(t * 40 / 100)) < 1e-6 for t in seeds)
@@ -57,7 +57,7 @@ def test_end_to_end_numbers_match_what_was_printed(tmp_path, capsys):
     for picture in ('results.png', 'curves.png'):
         assert (out / picture).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # the verdicts: TM against the baseline, and the embedding against its evidence-only twin, in plain words
-    for variant, reference in (('tm', 'baseline'), ('tm-embtied', 'baseline'), ('tm-embtied', 'tm')):
+    for variant, reference in (('tm', 'baseline'), ('tm-noembed', 'baseline'), ('tm', 'tm-noembed')):
         d = [runs[(variant, s)]['top1'] - runs[(reference, s)]['top1'] for s in (0, 1)]
         line = re.search(rf'^{variant} vs {reference}: (.*)$', printed, re.M)
         assert line, printed

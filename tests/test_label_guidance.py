@@ -92,7 +92,7 @@ def test_label_gradient_reaches_templates(loss, mode, digits_batch):
     """The label reaches the templates under every loss; the evidence weight learns only in 'logits' mode (in
     'gradient' mode it is a fixed gain, and the predictions are the head's alone)."""
     x, y = digits_batch
-    model = _small_model(evidence_mode=mode)
+    model = _small_model(evidence_mode=mode, embedding='none')
     for tm in model.tm_blocks().values():  # no embedding: templates learn through the evidence only
         assert tm.embedding == 'none'
     task, mixup = _task(loss, model)

@@ -408,7 +408,7 @@ def test_state_dict_records_the_configuration_with_stable_codes():
     ],
 )
 def test_weights_of_another_configuration_are_refused_naming_it(source, needle):
-    block = TemplateMatching(8, **{'num_classes': 10, **source})
+    block = TemplateMatching(8, **{'num_classes': 10, 'embedding': 'none', **source})
     target = TemplateMatching(8, 10, embedding='tied' if 'embedding' in source else 'none')
     with pytest.raises(RuntimeError, match=needle):
         target.load_state_dict(block.state_dict())

@@ -29,7 +29,7 @@ def _nontrivial(model: nn.Module, std: float = 0.05) -> nn.Module:
 
 
 def _create(name: str = 'tm_resnet18', **kwargs) -> TemplateMatchingResNet:
-    # the 'tied' embedding: the TM blocks change the features (the default, 'none', would hide a skipped block)
+    # the 'tied' embedding: the TM blocks change the features ('none' would hide a skipped block)
     kwargs.setdefault('embedding', 'tied')
     return _nontrivial(timm.create_model(name, **kwargs)).eval()
 
@@ -588,9 +588,13 @@ def test_checkpoint_of_another_embedding_is_refused_naming_it(tmp_path):
     safetensors.torch.save_file(source.state_dict(), str(path))
     with pytest.raises(RuntimeError, match="embedding='none'"):
         timm.create_model(
-            'tm_resnet18_small', num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+            'tm_resnet18_small',
+            num_classes=10,
+            embedding='none',
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(path)),
         )
-    model = timm.create_model('tm_resnet18_small', num_classes=10)
+    model = timm.create_model('tm_resnet18_small', num_classes=10, embedding='none')
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(RuntimeError, match=r'Unexpected TM \(template-matching block\) key\(s\).*embed_scale'):
         model.load_state_dict(source.state_dict())

@@ -249,9 +249,13 @@ def read_label_names_file(path, flag: str = '--label-names') -> List[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f'{flag}: cannot read {path} ({first_line(e)})') from e
     if path.suffix.lower() != '.json':
-        names = [line.strip() for line in text.splitlines() if line.strip()]
+        names = [line.strip() for line in text.splitlines()]
+        while names and not names[-1]:  # trailing blank lines end the file; they name no class
+            names.pop()
         if not names:
             raise CheckpointError(f'{flag}: {path} names no classes')
+        if '' in names:  # line i is class i: dropping a blank line would shift every later class
+            raise CheckpointError(f'{flag}: {path} line {names.index("") + 1} is blank: one class name per line')
         return names
     try:
         data = json.loads(text)

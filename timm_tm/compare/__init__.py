@@ -8,7 +8,8 @@ head start from the same weights in every variant (the TM blocks are built after
 in the same order, so per-seed differences are paired.
 
 Data: scikit-learn's digits (the default, installs with scikit-learn), cluttered MNIST built from the 10,000 real
-MNIST digits that ship with the package (or another MNIST ``.npz``, ``--mnist-npz``), or any ImageFolder-layout
+MNIST digits that ship with the package (or another MNIST ``.npz``, ``--mnist-npz``), Fashion-MNIST (the four idx
+files: Debian's ``dataset-fashion-mnist`` or ``--data-dir``), or any ImageFolder-layout
 folder with ``train/`` and ``val/`` (``--data-dir``, read with timm's ``create_dataset`` / ``create_loader``).
 
 Output, under ``--out``: ``results.json`` (every per-seed number, written before the first run and rewritten after
@@ -26,8 +27,9 @@ Variant names: ``baseline``, or ``tm`` followed by ``-``-separated options that 
 * ``fixw``: evidence weight frozen at its initial value; ``noguide`` = ``w0`` + ``fixw`` (no label guidance)
 * ``t<float>``: initial temperature, e.g. ``tm-t30``
 * ``max`` / ``lse``: pooling of a class's templates into its evidence
-* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied`` / ``embargmax``: the embedding (``none`` is the
-  control whose blocks change no feature: they only send the labels' gradient through the templates)
+* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied`` / ``embargmax``: the embedding (``tm`` alone has
+  the model's default, ``argmax``; ``noembed`` is the evidence-only control whose blocks change no feature: they
+  only send the labels' gradient through the templates)
 * ``evgrad`` / ``evlogits``: the evidence reaches the logits as gradient only, or is added to them
 * ``ep<int>``: this variant's own epoch count (also ``baseline-ep<int>``: a baseline trained longer, the
   comparison at equal cost and the check that the baseline has plateaued)

@@ -8,11 +8,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from timm_tm.layers import DEFAULT_EMBEDDING
+
 __all__ = [
     'Variant', 'parse_variant', 'expand_variant_names', 'control_pairs', 'DEFAULT_VARIANTS', 'ABLATION_VARIANTS',
 ]  # fmt: skip
 
-DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-embtied')
+DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-noembed')
 ABLATION_VARIANTS = ('baseline', 'tm', 'tm-noguide', 'tm-w0', 'tm-fixw', 'tm-m2', 'tm-m4', 'tm-s4')
 
 # option token -> the model's ``embedding`` argument
@@ -115,9 +117,9 @@ def expand_variant_names(requested: Sequence[str]) -> List[str]:
 
 def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
     """(variant, reference) pairs worth a verdict: every variant against the baseline (of its own epoch count, for
-    an ``-ep<E>`` variant, when there is one); a variant with an embedding
-    against its evidence-only twin (the same variant without embedding, e.g. ``tm`` for ``tm-embtied``); a variant
-    against its ``-noguide`` control (the same blocks without label guidance) when they were run."""
+    an ``-ep<E>`` variant, when there is one); a variant with an embedding against its evidence-only twin (the same
+    variant without embedding, e.g. ``tm-noembed`` for ``tm`` or ``tm-embtied``); a variant against its
+    ``-noguide`` control (the same blocks without label guidance) when they were run."""
     parsed = {v: parse_variant(v) for v in variants}
     pairs = []
     for v, pv in parsed.items():  # against the baseline trained as long (``baseline-ep<E>`` for ``-ep<E>`` variants)
@@ -132,10 +134,15 @@ def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
     for a, va in parsed.items():
         if va.is_baseline:
             continue
-        if va.model_kwargs.get('embedding', 'none') != 'none':
+        if _embedding(va) != 'none':
             pairs += [(a, b) for b, vb in parsed.items() if b != a and not vb.is_baseline
-                      and vb.model_kwargs.get('embedding', 'none') == 'none'
+                      and _embedding(vb) == 'none'
                       and without(vb, 'embedding') == without(va, 'embedding')]  # fmt: skip
         if f'{a}-noguide' in parsed:
             pairs.append((a, f'{a}-noguide'))
     return pairs
+
+
+def _embedding(variant: Variant) -> str:
+    """The TM blocks' ``embedding`` of a TM variant (the model's default unless the variant sets one)."""
+    return variant.model_kwargs.get('embedding', DEFAULT_EMBEDDING)

@@ -38,6 +38,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_tm.layers import (
     CONFIG_KEY,
+    DEFAULT_EMBEDDING,
     EMBEDDINGS,
     TemplateMatching,
     check_finite,
@@ -198,7 +199,7 @@ class TemplateMatchingResNet(ResNet):
         evidence_weight_init: float = 0.3,
         evidence_pool: str = 'logsumexp',
         evidence_mode: str = 'gradient',
-        embedding: str = 'none',
+        embedding: str = DEFAULT_EMBEDDING,
         small_stem: bool = False,
         device=None,
         dtype=None,
@@ -217,7 +218,9 @@ class TemplateMatchingResNet(ResNet):
             evidence_pool: Pooling of a class's templates: 'logsumexp' or 'max'.
             evidence_mode: 'gradient' (the evidence reaches the logits as gradient only: predictions are the
                 head's) or 'logits' (the evidence is added to the logits); see :class:`TemplateMatching`.
-            embedding: What each TM block adds to the features: 'none', 'templates', 'classes', 'tied' or 'argmax'.
+            embedding: What each TM block adds to the features: 'argmax' (the default: a region gets the direction
+                of the template it matches best), 'tied', 'templates', 'classes' or 'none' (the evidence-only
+                ablation: the model computes exactly its ResNet; see :class:`TemplateMatching`).
             small_stem: A 3x3 stride-1 stem conv and no max-pool (output stride 8) for 32-64 px images.
         """
         tm_stages = _check_tm_args(
