@@ -2,10 +2,11 @@
 
 Counted with ``timm_tm.profiling.profile_model`` (fvcore, as timm's ``benchmark.py --bench profile`` counts them:
 one multiply-add is one MAC) at each model's default input size, with its default kwargs (1000 classes, except
-tm_resnet18_small: 10 classes at 32 px). The baseline of tm_resnetX is timm's resnetX; that of tm_resnet18_small is
-the same model with ``tm_stages=()``.
+tm_resnet18_small: 10 classes at 32 px). The baseline of tm_X is timm's X (resnet50, convnext_tiny, ...); that of
+tm_resnet18_small is the same model with ``tm_stages=()``.
 
     python benchmarks/family_table.py
+    python benchmarks/family_table.py --models tm_convnext_tiny tm_regnety_016 tm_efficientnet_b0 --embedding tied
 """
 
 import argparse
@@ -22,9 +23,9 @@ from timm_tm.profiling import profile_model
 SMALL_KWARGS = dict(num_classes=10)
 
 
-def _row(name: str) -> List[str]:
+def _row(name: str, tm_kwargs: Optional[dict] = None) -> List[str]:
     kwargs = SMALL_KWARGS if name.endswith('_small') else {}
-    model = timm.create_model(name, **kwargs)
+    model = timm.create_model(name, **kwargs, **(tm_kwargs or {}))
     input_size = model.pretrained_cfg['input_size']
     if name.endswith('_small'):
         baseline = timm.create_model(name, tm_stages=(), **kwargs)
@@ -52,7 +53,9 @@ def _row(name: str) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', nargs='+', default=list(TM_ARCHS), help='tm_* models (default: the family)')
+    parser.add_argument('--embedding', default=None, help="the TM blocks' embedding (default: the block's default)")
     args = parser.parse_args(argv)
+    tm_kwargs = {} if args.embedding is None else dict(embedding=args.embedding)
     torch.manual_seed(0)
     header = [
         'model', 'TM stages', 'templates / class', 'params (M)', 'GMACs', 'activations (M)', 'input, classes',
@@ -61,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print('| ' + ' | '.join(header) + ' |')
     print('|' + '|'.join(['---'] * 3 + ['---:'] * 3 + ['---'] * 2 + ['---:'] * 3) + '|')
     for name in args.models:
-        print('| ' + ' | '.join(_row(name)) + ' |', flush=True)
+        print('| ' + ' | '.join(_row(name, tm_kwargs)) + ' |', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""tm_resnetX against timm's resnetX, side by side: throughput, peak memory, params and GMACs.
+"""A tm_* model against the timm model it is built on (tm_resnetX against resnetX, ...), side by side: throughput, peak
+memory, params and GMACs.
 
 Same as ``timm-tm bench``; ``python benchmarks/throughput.py --help`` lists the options, e.g.::
 

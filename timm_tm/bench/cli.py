@@ -7,11 +7,12 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+import timm
 import torch
 
 from timm_tm.cli import command_parser, int_list, report_error
 from timm_tm.files import atomic_write_text
-from timm_tm.models.tm_resnet import TM_ARCHS
+from timm_tm.models import base_model_name
 
 from .machine import load_average, machine_record
 from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD
@@ -19,30 +20,44 @@ from .pair import bench_pair
 from .report import TARGETS, format_pair, markdown_summary, scale_table
 from .runner import MODES
 
-__all__ = ['DEPTHS', 'STAGES', 'parse_models', 'stage_set', 'build_parser', 'resolve_config', 'main']
-
-DEPTHS = (18, 26, 34, 50, 101, 152)
-STAGES = (1, 2, 3, 4)
+__all__ = ['parse_models', 'stage_set', 'default_tm_stages', 'build_parser', 'resolve_config', 'main']
 
 
-def parse_models(spec: str) -> List[int]:
-    """'18,50,101' (or 'resnet50', 'tm_resnet50') -> [18, 50, 101]."""
-    depths = []
+def parse_models(spec: str) -> List[str]:
+    """'18,50,convnext_tiny' (a ResNet depth, a base model or a tm_* name) -> the tm_* models, each benchmarked
+    against the timm model it is built on: ['tm_resnet18', 'tm_resnet50', 'tm_convnext_tiny']."""
+    registered = set(timm.list_models('tm_*'))
+    names = []
     for item in spec.split(','):
         item = item.strip()
-        digits = item.removeprefix('tm_').removeprefix('resnet')
-        if not digits.isdigit() or int(digits) not in DEPTHS:
-            raise ValueError(f'--models: {item!r} is not one of the ResNet depths {DEPTHS} (e.g. --models 18,50,101)')
-        depths.append(int(digits))
-    return depths
+        name = f'tm_resnet{item}' if item.isdigit() else 'tm_' + item.removeprefix('tm_')
+        try:
+            base_model_name(name)
+        except ValueError:
+            name = None
+        if name not in registered:
+            raise ValueError(
+                f'--models: {item!r} is no tm_* model built on a timm model (e.g. --models 18,50,convnext_tiny; '
+                f'tm_* models: {", ".join(sorted(registered))})'
+            )
+        names.append(name)
+    return names
 
 
 def stage_set(text: str) -> Tuple[int, ...]:
-    """argparse type: '3,4' -> (3, 4); '' -> () (no TM blocks). Distinct ResNet stages 1-4."""
-    stages = tuple(int_list(text))
-    if any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
-        raise argparse.ArgumentTypeError(f'expected distinct ResNet stages from {STAGES}, e.g. 3,4, got {text!r}')
+    """argparse type: '3,4' -> (3, 4); '' -> () (no TM blocks). Distinct feature_info indices (the model checks
+    their range: :func:`default_tm_stages`)."""
+    stages = tuple(int_list(text, minimum=0))
+    if len(set(stages)) != len(stages):
+        raise argparse.ArgumentTypeError(f'expected distinct stages, e.g. 3,4, got {text!r}')
     return stages
+
+
+def default_tm_stages(name: str, tm_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
+    """The TM stages of ``name`` built with ``tm_kwargs`` (on the meta device: nothing is allocated); a ValueError
+    or TypeError (naming the parameter) when the model refuses them."""
+    with torch.device('meta'):
+        return tuple(timm.create_model(name, **(tm_kwargs or {})).tm_stages)
 
 
 def _stage_sets(text: str) -> List[Tuple[int, ...]]:
@@ -54,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``timm-tm bench`` (the arguments in the order ``--help`` lists them)."""
     parser = command_parser(
         'bench',
-        description='Throughput and peak memory of tm_resnetX against timm resnetX, run side by side (A B B A ...).',
+        description='Throughput and peak memory of tm_* models against the timm models they are built on, run side '
+        'by side (A B B A ...).',
     )
     _add_model_arguments(parser)
     _add_run_arguments(parser)
@@ -64,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--models', default='50', help="ResNet depths to compare, e.g. '18,50,101' (default: 50)")
+    parser.add_argument(
+        '--models',
+        default='50',
+        help="tm_* models (or ResNet depths, or base models) to compare, e.g. '18,50,convnext_tiny' (default: 50)",
+    )
     parser.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present)")
     parser.add_argument('--batch-size', '-b', type=int, default=None, help='batch size (default: 8 CPU, 256 CUDA)')
     parser.add_argument('--img-size', type=int, default=224, help='input resolution (default: 224)')
@@ -117,7 +137,7 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--scale',
         action='store_true',
-        help='sweep classes / templates per class / TM stages for the first --models depth (no memory by default)',
+        help='sweep classes / templates per class / TM stages for the first --models model (no memory by default)',
     )
     parser.add_argument(
         '--scale-classes', type=int_list, default='10,100,1000,10000', help='class counts at m=1 (--scale)'
@@ -217,9 +237,17 @@ def _tm_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return tm_kwargs
 
 
-def _default_stages(depth: int) -> Tuple[int, ...]:
-    """The TM stages tm_resnet{depth} has by default (the --scale sweep skips this stage set)."""
-    return tuple(TM_ARCHS[f'tm_resnet{depth}']['tm_stages'])
+def _check_stages(models: List[str], tm_kwargs: Dict[str, Any], args: argparse.Namespace) -> None:
+    """--tm-stages (for every model) and --scale-stages (for the first) must be stages the model has: a ValueError
+    naming the flag."""
+    checks = [('--tm-stages', name, tm_kwargs) for name in models if 'tm_stages' in tm_kwargs]
+    if args.scale:
+        checks += [('--scale-stages', models[0], dict(tm_kwargs, tm_stages=s)) for s in args.scale_stages]
+    for flag, name, kwargs in checks:
+        try:
+            default_tm_stages(name, kwargs)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'{flag}: {name}: {e}') from None
 
 
 def _scale_configs(args: argparse.Namespace, default_stages: Tuple[int, ...]) -> List[Dict[str, Any]]:
@@ -264,34 +292,34 @@ def _start_results(command: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run_pairs(
-    depths: List[int], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
+    models: List[str], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
 ) -> List[Dict[str, Any]]:
-    """Each tm_resnetX against resnetX, printed as it finishes."""
+    """Each tm_* model against its base, printed as it finishes."""
     results = []
-    for depth in depths:
-        print(f'\n== tm_resnet{depth} vs resnet{depth}', flush=True)
-        result = bench_pair(depth, cfg, tm_kwargs, memory=memory, profile=profile)
+    for name in models:
+        print(f'\n== {name} vs {base_model_name(name)}', flush=True)
+        result = bench_pair(name, cfg, tm_kwargs, memory=memory, profile=profile)
         print(format_pair(result), flush=True)
         results.append(result)
     return results
 
 
 def _run_scale(
-    depth: int,
+    name: str,
     cfg: Dict[str, Any],
     tm_kwargs: Dict[str, Any],
     configs: List[Dict[str, Any]],
     memory: bool,
     profile: bool,
 ) -> List[Dict[str, Any]]:
-    """tm_resnet{depth} against resnet{depth} with the same class count, once per configuration of the sweep."""
-    default_stages = _default_stages(depth)
+    """``name`` against its base with the same class count, once per configuration of the sweep."""
+    default_stages = default_tm_stages(name)
     rows = []
     for config in configs:
         row_cfg = dict(cfg, num_classes=config['num_classes'])
         kwargs = dict(tm_kwargs, **{k: v for k, v in config.items() if k != 'num_classes'})
-        print(f'\n== tm_resnet{depth} {kwargs}, {config["num_classes"]} classes', flush=True)
-        row = bench_pair(depth, row_cfg, kwargs, memory=memory, profile=profile)
+        print(f'\n== {name} {kwargs}, {config["num_classes"]} classes', flush=True)
+        row = bench_pair(name, row_cfg, kwargs, memory=memory, profile=profile)
         row['tm_stages'] = list(kwargs.get('tm_stages', default_stages))
         print(format_pair(row), flush=True)
         rows.append(row)
@@ -314,7 +342,7 @@ def _write_results(path: str, payload: Dict[str, Any], force: bool) -> int:
 def _run(
     args: argparse.Namespace,
     payload: Dict[str, Any],
-    depths: List[int],
+    models: List[str],
     cfg: Dict[str, Any],
     tm_kwargs: Dict[str, Any],
     scale_configs: List[Dict[str, Any]],
@@ -322,16 +350,16 @@ def _run(
     """Run the pairs (or the --scale sweep) into ``payload``, printing as they go."""
     profile = not args.no_profile
     if args.scale:
-        depth = depths[0]
-        rows = _run_scale(depth, cfg, tm_kwargs, scale_configs, args.scale_memory and not args.no_memory, profile)
+        name = models[0]
+        rows = _run_scale(name, cfg, tm_kwargs, scale_configs, args.scale_memory and not args.no_memory, profile)
         payload['scale'] = rows
         payload['markdown'] = scale_table(rows)
-        print(f'\ntm_resnet{depth} against resnet{depth} with the same class count (ratio = TM / baseline):')
+        print(f'\n{name} against {base_model_name(name)} with the same class count (ratio = TM / baseline):')
         print(payload['markdown'])
     else:
         if not args.no_memory:
             print(f'peak memory: {payload["memory_method"]}', flush=True)
-        payload['pairs'] = _run_pairs(depths, cfg, tm_kwargs, not args.no_memory, profile)
+        payload['pairs'] = _run_pairs(models, cfg, tm_kwargs, not args.no_memory, profile)
         payload['markdown'] = markdown_summary(payload['pairs'])
         print('\n' + payload['markdown'])
     payload['load_average_end'] = load_average()
@@ -343,10 +371,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        depths = parse_models(args.models)
+        models = parse_models(args.models)
         cfg = resolve_config(args)
         tm_kwargs = _tm_kwargs(args)
-        scale_configs = _scale_configs(args, _default_stages(depths[0])) if args.scale else []
+        _check_stages(models, tm_kwargs, args)
+        scale_configs = _scale_configs(args, default_tm_stages(models[0])) if args.scale else []
         check_output(args.output, args.force)
     except ValueError as e:
         parser.error(str(e))
@@ -356,7 +385,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     payload = _start_results('timm-tm bench ' + ' '.join(sys.argv[1:] if argv is None else argv), cfg)
     try:
-        _run(args, payload, depths, cfg, tm_kwargs, scale_configs)
+        _run(args, payload, models, cfg, tm_kwargs, scale_configs)
     except RuntimeError as e:  # no /proc peak memory on this system, a memory subprocess that failed, out of memory
         return report_error('bench', ' '.join(str(e).split()))
     return _write_results(args.output, payload, args.force)

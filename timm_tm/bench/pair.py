@@ -1,11 +1,12 @@
-"""One pair, tm_resnetX against timm's resnetX: params and GMACs once, then per variant (eager, compiled) the
-alternating timing of each mode, the peak memory and the targets met."""
+"""One pair, a tm_* model against the timm model it is built on: params and GMACs once, then per variant (eager,
+compiled) the alternating timing of each mode, the peak memory and the targets met."""
 
 import gc
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from timm_tm.models import base_model_name
 from timm_tm.profiling import profile_model
 
 from .memory import cpu_memory, cuda_memory
@@ -82,16 +83,17 @@ def _bench_variant(
 
 
 def bench_pair(
-    depth: int,
+    tm: str,
     cfg: Dict[str, Any],
     tm_kwargs: Optional[Dict[str, Any]] = None,
     memory: bool = True,
     profile: bool = True,
 ) -> Dict[str, Any]:
-    """Benchmark ``tm_resnet{depth}`` against ``resnet{depth}``; ``cfg`` as :func:`timm_tm.bench.cli.resolve_config`
-    builds it. ``memory``: peak memory on the CPU too (on CUDA it is always measured); ``profile``: params / GMACs."""
+    """Benchmark the tm_* model ``tm`` against its base (``tm_resnet50`` against ``resnet50``); ``cfg`` as
+    :func:`timm_tm.bench.cli.resolve_config` builds it. ``memory``: peak memory on the CPU too (on CUDA it is always
+    measured); ``profile``: params / GMACs."""
     tm_kwargs = dict(tm_kwargs or {})
-    tm, base = f'tm_resnet{depth}', f'resnet{depth}'
+    base = base_model_name(tm)
     result: Dict[str, Any] = {
         'tm_model': tm,
         'base_model': base,
