@@ -144,6 +144,30 @@ def test_export_plain_weights_and_model_kwargs_from_a_bare_state_dict(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+def test_export_of_another_timm_cnn_names_its_base_model_and_weights(tmp_path):
+    """A train.py checkpoint of tm_efficientnet_b0 fine-tuned from timm's efficientnet_b0.ra_in1k: the card names the
+    base model and the weights the training started from, and the folder reloads to the same logits."""
+    import argparse
+
+    model = timm.create_model('tm_efficientnet_b0', num_classes=5).eval()
+    args = argparse.Namespace(
+        model='tm_efficientnet_b0.ra_in1k', pretrained=True, num_classes=5, model_kwargs={}, input_size=None,
+        in_chans=None, mean=None, std=None, crop_pct=None, data_dir=None, dataset='', class_map='',
+    )  # fmt: skip
+    torch.save({'epoch': 3, 'state_dict': model.state_dict(), 'args': args}, tmp_path / 'last.pth.tar')
+    out = tmp_path / 'out'
+    assert export_main([str(tmp_path / 'last.pth.tar'), '--model', 'tm_efficientnet_b0', '--out', str(out)]) == 0
+    card = (out / 'README.md').read_text()
+    assert "A `tm_efficientnet_b0`: timm's `efficientnet_b0` with template-matching" in card
+    assert (
+        'training started from the pretrained weights of `tm_efficientnet_b0.ra_in1k` (`timm/efficientnet_b0.ra_in1k`)'
+        in card
+    )
+    assert 'blocks after blocks.6.1' in card
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(_logits(timm.create_model(f'local-dir:{out}', pretrained=True), x), _logits(model, x))
+
+
 def test_force_replaces_only_a_previous_export(run, tmp_path, capsys):
     ckpt = str(run[0] / 'model_best.pth.tar')
     out = tmp_path / 'out'

@@ -244,7 +244,7 @@ def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Di
     problem = repo_id_problem(repo_id)
     if problem:
         raise ExportError(f'--repo {repo_id!r} (default {HUB_NAMESPACE}/NAME): not a valid Hub repo id: {problem}')
-    num_classes, kwargs = _classes_and_kwargs(request, args, state_dict)
+    num_classes, kwargs = _classes_and_kwargs(request, args, state_dict, model_name)
     if name in TM_WEIGHTS:
         tag_classes = TM_WEIGHTS[name].num_classes
         extra = {k: v for k, v in kwargs.items() if not (k == 'in_chans' and v == 3)}
@@ -257,7 +257,7 @@ def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Di
 
 
 def _classes_and_kwargs(
-    request: ExportRequest, args: Dict[str, Any], state_dict: Dict[str, Any]
+    request: ExportRequest, args: Dict[str, Any], state_dict: Dict[str, Any], model_name: str
 ) -> Tuple[int, Dict[str, Any]]:
     """(classes of the head, the other model kwargs): the request's, else the run's, else the head's rows."""
     source = str(request.checkpoint)
@@ -266,7 +266,7 @@ def _classes_and_kwargs(
     num_classes = request.num_classes if request.num_classes is not None else kwargs.get('num_classes')
     kwargs.pop('num_classes', None)
     if num_classes is None:
-        num_classes = num_classes_from(args, state_dict, source)
+        num_classes = num_classes_from(args, state_dict, source, model_name)
     if num_classes is None:
         raise ExportError(f'{request.checkpoint}: cannot tell the number of classes: pass --num-classes')
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -424,6 +424,8 @@ def _write_card(
         'model_name': target.name,
         'repo_id': target.repo_id,
         'architecture': target.model_name,
+        'base_model': model_card.base_model_text(target.model_name, net),
+        'base_weights': model_card.base_weights_text(record.args),
         'license': net.pretrained_cfg.get('license') or 'apache-2.0',
         'datasets_yaml': f'- {json.dumps(record.dataset)}',  # a JSON string is a YAML scalar whatever the name holds
         'dataset': record.dataset,

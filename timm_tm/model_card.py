@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
+from timm.models import get_pretrained_cfg
+
+from timm_tm.models import base_model_name
 
 __all__ = [
     'CARD_FIELDS',
@@ -29,6 +32,8 @@ __all__ = [
     'find_card_template',
     'render_card',
     'training_text',
+    'base_model_text',
+    'base_weights_text',
     'tm_details',
     'metrics_text',
 ]
@@ -38,6 +43,8 @@ CARD_FIELDS: Dict[str, str] = {
     'model_name': 'name of the weights, e.g. tm_resnet18_small.mnist',
     'repo_id': 'Hub repo the card is written for, e.g. timm-tm/tm_resnet18_small.mnist',
     'architecture': 'timm architecture, e.g. tm_resnet18_small',
+    'base_model': "the timm model the TM blocks were added to, e.g. timm's `convnext_tiny`",
+    'base_weights': 'the weights the training started from, as the checkpoint records them',
     'license': 'license id for the front matter',
     'datasets_yaml': 'front matter list of datasets ("- name" lines)',
     'dataset': 'dataset the weights were trained on',
@@ -191,7 +198,7 @@ ${datasets_yaml}
 
 ${description}
 
-A `${architecture}`: timm's ResNet with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
+A `${architecture}`: ${base_model} with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
 ResNet Block", BMVC 2022). Each TM block scores every region of a feature map against class templates (cosine);
 its pooled class evidence reaches the logits (by default as gradient only, so the labels train the templates while
 the predictions stay the linear head's), and an optional embedding adds the matched templates back into the
@@ -204,6 +211,7 @@ features.
   - GMACs: ${gmacs}
   - Activations (M): ${activations_m}
   - Image size: ${image_size}
+- **Base model:** ${base_model}; training started from ${base_weights}
 - **Template matching:** ${tm_details}
 - **Classes:** ${num_classes}
 - **Dataset:** ${dataset}
@@ -293,6 +301,34 @@ def training_text(args: Dict[str, Any], epoch: Optional[int], use_ema: bool) -> 
         parts.append(f'AMP ({args.get("amp_dtype", "float16")})')
     parts.append('EMA weights' if use_ema else 'model weights (not EMA)')
     return 'timm train.py: ' + '; '.join(parts)
+
+
+def base_model_text(architecture: str, model: nn.Module) -> str:
+    """The timm model ``architecture`` (a tm_* name) is built on, e.g. "timm's `convnext_tiny`"."""
+    try:
+        return f"timm's `{base_model_name(architecture)}`"
+    except ValueError:  # e.g. tm_resnet18_small: no timm model of that name
+        base = next(c for c in type(model).__mro__ if c.__module__.startswith('timm.'))
+        return f"timm's {base.__name__}"
+
+
+def base_weights_text(args: Dict[str, Any]) -> str:
+    """The weights a train.py run started from (``args``): a checkpoint, a pretrained tag's weights, or none."""
+    if not args:
+        return 'weights not recorded in the checkpoint (a bare state_dict)'
+    for key, what in (('initial_checkpoint', 'the checkpoint'), ('pretrained_path', 'the weights file')):
+        if args.get(key):
+            return f'{what} `{Path(str(args[key])).name}`'
+    if not args.get('pretrained'):
+        return 'random weights (trained from scratch)'
+    try:
+        cfg = get_pretrained_cfg(str(args.get('model')))
+    except RuntimeError:  # an unknown tag
+        cfg = None
+    source = cfg and (cfg.hf_hub_id or cfg.url)
+    if not source:
+        return f'the pretrained weights of `{args.get("model")}`'
+    return f'the pretrained weights of `{args.get("model")}` (`{source}`)'
 
 
 def tm_details(model: nn.Module) -> str:
