@@ -10,8 +10,10 @@ Hugging Face Hub; tests/test_exactness.py loads ResNet weights through timm's lo
 Left out to keep the suite fast (``pytest -m full_timm_suite`` runs them too): the FX tests
 (``test_model_forward_fx``, ``test_model_backward_fx``, ``test_model_forward_fx_torchscript``) of tm_resnet101 and
 tm_resnet152, ``test_model_backward`` of tm_resnet152, and ``test_model_default_cfgs`` of their ``tv_in1k`` tags:
-deeper stacks of the blocks the smaller models test. Every tm_* model still runs the forward, cfg, torchscript and
-features tests, and every model but tm_resnet152 the backward test.
+deeper stacks of the blocks the smaller models test. For the other timm CNNs (tm_convnext_tiny, tm_regnety_016,
+tm_efficientnet_b0) the FX tests and the cfg tests of their second tags: one mechanism, whose FX path
+tests/test_tm_attach.py checks on each. Every tm_* model still runs the forward, cfg, torchscript and features
+tests, and every model but tm_resnet152 the backward test.
 """
 
 import json
@@ -29,6 +31,7 @@ CACHE = ROOT / '.cache' / 'timm-sdist'
 NEEDS_HUB = {'test_model_load_pretrained', 'test_model_features_pretrained'}
 FX_TESTS = {'test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'}
 BIG = ('tm_resnet101', 'tm_resnet152')
+OTHER_CNNS = ('tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0')  # timm_tm/models/tm_attach.py
 # the timm test functions every tm_* architecture must pass
 CORE_TESTS = {
     'forward': 'test_model_forward',
@@ -43,12 +46,18 @@ def _left_out(test: str, model_name: str) -> bool:
     """Fast subset: True for the parametrizations that only the full_timm_suite test runs (module docstring)."""
     arch, _, tag = model_name.partition('.')
     if test in FX_TESTS:
-        return arch in BIG
+        return arch in BIG + OTHER_CNNS
     if test == 'test_model_backward':
         return arch == 'tm_resnet152'
     if test == 'test_model_default_cfgs':
-        return arch in BIG and tag == 'tv_in1k'
+        return (arch in BIG and tag == 'tv_in1k') or (arch in OTHER_CNNS and tag != _default_tag(arch))
     return False
+
+
+def _default_tag(arch: str) -> str:
+    import timm
+
+    return timm.models.get_pretrained_cfg(arch).tag or ''
 
 
 class TmModelsOnly:
