@@ -3,18 +3,28 @@
     python benchmarks/reproduce.py PRESET [--seeds S ...] [--update] [extra timm-tm compare args]
 
 Each preset is the exact argument list (thread count included) behind one folder of results/. By default the
-rerun writes to a new folder under results/tmp/ and then compares every (variant, seed) top-1 it produced with
-the committed ``results/<preset>/results.json``: exit 0 when all agree, 1 (listing the differences) otherwise.
+rerun writes to a new folder under results/tmp/ and then compares every (variant, seed) run it produced with the
+committed ``results/<preset>/results.json``: exit 0 when all agree, 1 (listing the differences) otherwise.
 ``--seeds`` / ``--variants`` rerun only some of them (e.g. ``--seeds 0`` for a quick check). ``--update`` writes the
 committed folder itself instead; it refuses when that folder exists (remove it first: nothing is overwritten unasked).
+
+Exact or within a tolerance: per-seed numbers repeat bit for bit only on the machine kind that made them (the
+``machine`` record of results.json: CPU model and vector instruction sets, the variables that cap them such as
+``ONEDNN_MAX_CPU_ISA``, torch and timm builds, thread count). There every top-1 must be equal. Elsewhere the kernels
+round differently and training amplifies it (a rerun differs as another seed would), so the check is statistical,
+and the output says so: each run's first-epoch training loss within ``FIRST_EPOCH_LOSS_TOLERANCE`` and each
+variant's mean top-1 over the rerun seeds within ``TOP1_SPREADS`` x sqrt(2 / n) x s (s: the preset's committed
+seed-to-seed standard deviation). Why these: see the constants.
 """
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from timm_tm.compare import main as compare_main
 
@@ -50,6 +60,15 @@ _CLUTTERED = [
     '--train-size', '4000', '--val-size', '2000', '--epochs', '12', '--threads', '1',
 ]  # fmt: skip
 
+# the Fashion-MNIST protocol (README "Results"): a fixed 2,000-image subset of the 60,000 training images (the
+# budget at which the baseline plateaus on 2 cores: trained twice as long it gains nothing), the 10,000 test images
+# as the val split, a quarter-width ResNet-18-depth model at 28 px, random crops with 2 px padding and flips
+_FASHION = [
+    '--dataset', 'fashion-mnist', '--train-size', '2000', '--batch-size', '64', '--lr', '2e-3', '--epochs', '50',
+    '--channels', '16,32,64,128', '--layers', '2,2,2,2', '--shift', '2', '--hflip', '0.5', '--channels-last',
+    '--eval-every', '5', '--threads', '1',
+]  # fmt: skip
+
 PRESETS: Dict[str, List[str]] = {
     # the README's main job, `timm-tm compare` with no arguments (seeds 0-2), on 5 seeds and with a longer baseline
     'digits': ['--threads', '1', '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline', 'baseline-ep20', 'tm',
@@ -75,20 +94,116 @@ PRESETS: Dict[str, List[str]] = {
 }  # fmt: skip
 
 
-def compare_runs(new: Path, committed: Path) -> List[str]:
-    """Differences between the top-1 of every (variant, seed) run in ``new`` and the same run in ``committed``."""
+# Off the machine kind that made the numbers, a rerun of the same code is another draw of the training noise: its
+# top-1 differs from the committed one about as two seeds differ, with standard deviation sqrt(2) x s for one seed
+# (s: the preset's seed-to-seed standard deviation, pooled over its variants) and sqrt(2 / n) x s for the mean of n.
+# 4 of those keeps a false alarm below 1 in 10,000 per variant (normal tails), where the measured reruns sit within
+# 2.5 (digits, ONEDNN_MAX_CPU_ISA=SSE41: tm seed 0 at 97.77 against 98.33-99.16 committed); on digits (s = 0.39) it
+# is 2.2 points for one seed, 1.0 for five. A change that moves top-1 by more fails here; smaller ones show in the
+# first-epoch loss below, or need the machine kind that made the numbers (exact).
+TOP1_SPREADS = 4.0
+# The first epoch's mean training loss differs between CPU kinds by at most 0.0015 measured (digits: 2.20731 vs
+# 2.20736 and 2.2073 vs 2.2086; cluttered MNIST seed 5: 2.2437 vs 2.2430, 2.2692 vs 2.2677): the rounding has had
+# few steps to grow. 0.01 is 6x that, and well below what a real change moves: the TM block alone moves it by 0.025
+# (cluttered MNIST seed 5, tm-noembed vs baseline: 2.268 vs 2.243), a different init, data order, learning rate or
+# augmentation by more.
+FIRST_EPOCH_LOSS_TOLERANCE = 0.01
 
-    def top1(path: Path) -> Dict[Tuple[str, int], float]:
-        return {(r['variant'], r['seed']): r['top1'] for r in json.loads(path.read_text())['runs']}
 
-    ref, got = top1(committed), top1(new)
+class Check(NamedTuple):
+    """The outcome of comparing a rerun with the committed runs."""
+
+    exact: bool  # the rerun's machine kind made the committed numbers: every top-1 must be equal
+    summary: str  # which check ran, and why (one line)
+    problems: List[str]  # empty when the rerun agrees
+
+
+def _runs(path: Path) -> Tuple[Dict[str, Any], Dict[Tuple[str, int], Dict[str, Any]]]:
+    results = json.loads(path.read_text())
+    return results['config'], {(r['variant'], r['seed']): r for r in results['runs']}
+
+
+def machine_differences(committed: Optional[Dict[str, Any]], rerun: Optional[Dict[str, Any]]) -> List[str]:
+    """How the rerun's machine record differs from the committed one (empty: the same machine kind)."""
+    if not committed or not rerun:
+        return ['the committed results record no machine' if not committed else 'the rerun records no machine']
+    out = []
+    for key in sorted(set(committed) | set(rerun)):
+        there, here = committed.get(key), rerun.get(key)
+        if there == here:
+            continue
+        if isinstance(there, list) and isinstance(here, list):
+            change = [f'+{f}' for f in here if f not in there] + [f'-{f}' for f in there if f not in here]
+            out.append(f'{key} {" ".join(change)}')
+        else:
+            out.append(f'{key} {here!r} here, {there!r} there')
+    return out
+
+
+def seed_spread(runs: Dict[Tuple[str, int], Dict[str, Any]]) -> float:
+    """The committed seed-to-seed standard deviation of top-1, pooled over the variants that have two seeds or more."""
+    by_variant: Dict[str, List[float]] = {}
+    for (variant, _), r in runs.items():
+        by_variant.setdefault(variant, []).append(r['top1'])
+    variances = [statistics.variance(v) for v in by_variant.values() if len(v) > 1]
+    if not variances:
+        raise ValueError('the committed results have no variant with two seeds: no seed-to-seed spread to check by')
+    return math.sqrt(sum(variances) / len(variances))
+
+
+def compare_runs(new: Path, committed: Path) -> Check:
+    """Compare every (variant, seed) run in ``new`` with the same run in ``committed``: exactly where the machine
+    records agree, within the tolerances above otherwise."""
+    new_config, got = _runs(new)
+    ref_config, ref = _runs(committed)
+    missing = [f'{v} seed {s}: not in {committed}' for v, s in sorted(got) if (v, s) not in ref]
+    got = {k: r for k, r in got.items() if k in ref}
+    differences = machine_differences(ref_config.get('machine'), new_config.get('machine'))
+    if not differences:
+        problems = [
+            f'{v} seed {s}: rerun {r["top1"]:.2f}, committed {ref[v, s]["top1"]:.2f}'
+            for (v, s), r in sorted(got.items())
+            if abs(r['top1'] - ref[v, s]['top1']) > 1e-9
+        ]
+        summary = f'exact check: this is the machine kind that made {committed} ({_machine_line(ref_config)})'
+        return Check(True, summary, missing + problems)
+    spread = seed_spread(ref)
+    summary = (
+        f'not an exact check: this machine is not the kind that made {committed} ({"; ".join(differences)}); '
+        f'checked within tolerance: first-epoch training loss within {FIRST_EPOCH_LOSS_TOLERANCE} per run, mean '
+        f'top-1 within {TOP1_SPREADS:g} x sqrt(2 / n) x {spread:.2f} points per variant (n seeds; {spread:.2f}: '
+        'the committed seed-to-seed std)'
+    )
+    return Check(False, summary, missing + _tolerance_problems(got, ref, spread))
+
+
+def _tolerance_problems(
+    got: Dict[Tuple[str, int], Dict[str, Any]], ref: Dict[Tuple[str, int], Dict[str, Any]], spread: float
+) -> List[str]:
     problems = []
-    for key, value in sorted(got.items()):
-        if key not in ref:
-            problems.append(f'{key[0]} seed {key[1]}: not in {committed}')
-        elif abs(value - ref[key]) > 1e-9:
-            problems.append(f'{key[0]} seed {key[1]}: rerun {value:.2f}, committed {ref[key]:.2f}')
+    for (v, s), r in sorted(got.items()):
+        loss, ref_loss = r['train_loss_per_epoch'][0], ref[v, s]['train_loss_per_epoch'][0]
+        if not abs(loss - ref_loss) <= FIRST_EPOCH_LOSS_TOLERANCE:
+            problems.append(
+                f'{v} seed {s}: first-epoch training loss {loss:.4f}, committed {ref_loss:.4f} '
+                f'(more than {FIRST_EPOCH_LOSS_TOLERANCE} apart)'
+            )
+    for variant in sorted({v for v, _ in got}):
+        seeds = sorted(s for v, s in got if v == variant)
+        diff = statistics.mean(got[variant, s]['top1'] - ref[variant, s]['top1'] for s in seeds)
+        tolerance = TOP1_SPREADS * math.sqrt(2 / len(seeds)) * spread
+        if not abs(diff) <= tolerance:
+            per_seed = ', '.join(f'{got[variant, s]["top1"]:.2f} vs {ref[variant, s]["top1"]:.2f}' for s in seeds)
+            problems.append(
+                f'{variant}: mean top-1 {diff:+.2f} points from the committed over seeds {seeds} ({per_seed}), '
+                f'more than the tolerance {tolerance:.2f}'
+            )
     return problems
+
+
+def _machine_line(config: Dict[str, Any]) -> str:
+    m = config['machine']
+    return f'{m["cpu"]}, {m["aten_cpu_capability"]}, torch {m["torch"]}, timm {m["timm"]}, {m["threads"]} thread(s)'
 
 
 def run(argv: List[str]) -> int:
@@ -126,13 +241,17 @@ def run(argv: List[str]) -> int:
     if not (committed / 'results.json').is_file():
         print(f'nothing to check against: {committed / "results.json"} does not exist')
         return 0
-    problems = compare_runs(out / 'results.json', committed / 'results.json')
-    if problems:
-        print(f'{len(problems)} run(s) differ from {committed}:')
-        for line in problems:
+    check = compare_runs(out / 'results.json', committed / 'results.json')
+    print(check.summary)
+    if check.problems:
+        print(f'{len(check.problems)} difference(s) from {committed}:')
+        for line in check.problems:
             print(f'  {line}')
         return 1
-    print(f'every rerun run matches {committed / "results.json"} exactly')
+    if check.exact:
+        print(f'every rerun run matches {committed / "results.json"} exactly')
+    else:
+        print(f'every rerun run is within tolerance of {committed / "results.json"} (not an exact check)')
     return 0
 
 

@@ -89,12 +89,14 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def exported(run, tmp_path_factory):
-    """The run's EMA weights exported under TAG with its summary.csv (read-only: tests alter copies)."""
+    """The run's EMA weights exported under TAG with its summary.csv and the class names of its train folders
+    (read-only: tests alter copies)."""
     out_dir, _, _, _ = run
     out = tmp_path_factory.mktemp('exports') / TAG
     ckpt = out_dir / 'model_best.pth.tar'
     rc = export_main(
-        [str(ckpt), '--out', str(out), '--name', TAG, '--use-ema', '--summary', str(out_dir / 'summary.csv')]
-    )
+        [str(ckpt), '--out', str(out), '--name', TAG, '--use-ema', '--summary', str(out_dir / 'summary.csv'),
+         '--run-label-names']
+    )  # fmt: skip
     assert rc == 0, f'timm-tm export of {ckpt} exited with {rc}'
     return out

@@ -99,6 +99,9 @@ def test_scale_sweep_grows_with_templates(tmp_path):
         (['--scale', '--scale-templates-classes', '0'], '--scale-templates-classes'),
         (['--scale-classes', '10,x'], '--scale-classes'),  # checked without --scale too: a typo is not ignored
         (['--scale', '--scale-classes', '', '--scale-templates', '', '--scale-stages', ''], '--scale: nothing'),
+        (['--min-seconds', 'nan'], '--min-seconds'),  # a NaN passes every comparison: min_seconds < 0 too
+        (['--min-seconds', 'inf'], '--min-seconds'),  # steps per round = ceil(inf): an OverflowError
+        (['--min-seconds', '-1'], '--min-seconds'),
     ],
 )
 def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):

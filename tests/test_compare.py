@@ -1,6 +1,7 @@
 """``timm-tm compare``: end to end on a tiny real subset (scikit-learn digits), resume, and clear errors."""
 
 import json
+import os
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from timm_tm.compare import main, parse_variant, runner
 from timm_tm.compare.cli import build_parser
 from timm_tm.compare.training import build_model
+from timm_tm.data import FASHION_MNIST_DIR
 
 pytest.importorskip('sklearn')
 
@@ -96,6 +98,20 @@ def test_resume_skips_finished_runs(tmp_path, capsys):
     assert 'epochs' in capsys.readouterr().err
 
 
+def test_results_record_the_machine_kind_and_a_resume_on_another_is_none(tmp_path, monkeypatch):
+    """What benchmarks/reproduce.py needs to know to compare exactly: the machine kind that made every run."""
+    from timm_tm.bench.machine import numerics_record
+
+    out = tmp_path / 'run'
+    args = TINY + ['--variants', 'baseline', '--seeds', '0', '--out', str(out)]
+    assert main(args) == 0
+    config = json.loads((out / 'results.json').read_text())['config']
+    assert config['machine'] == numerics_record(config['threads']) and config['machine']['kernel_env'] == {}
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'SSE41')  # another CPU kind for oneDNN's convolutions
+    assert main(args + ['--seeds', '0', '1', '--resume']) == 0
+    assert json.loads((out / 'results.json').read_text())['config']['machine'] is None  # runs of two kinds
+
+
 def test_image_folder_and_frozen_guidance(tmp_path):
     """An ImageFolder dataset goes through timm's create_dataset / create_loader; noguide keeps w at 0."""
     from timm_tm.data import load_digits_arrays, split_arrays, write_image_folder
@@ -104,7 +120,7 @@ def test_image_folder_and_frozen_guidance(tmp_path):
     splits = split_arrays(x[:120], y[:120], val_fraction=0.25, seed=0)
     write_image_folder(str(tmp_path / 'digits'), splits, size=16)
     out = tmp_path / 'run'
-    args = TINY[4:] + ['--data-dir', str(tmp_path / 'digits'), '--img-size', '16', '--workers', '0']
+    args = TINY[6:] + ['--data-dir', str(tmp_path / 'digits'), '--img-size', '16', '--workers', '0']
     assert main(args + ['--seeds', '0', '--variants', 'tm-noguide', '--out', str(out)]) == 0
     (run,) = json.loads((out / 'results.json').read_text())['runs']
     assert run['num_train'] == len(splits['train'][1]) and run['num_val'] == len(splits['val'][1])
@@ -168,7 +184,7 @@ def test_a_failed_run_exits_1_with_one_error_line_and_keeps_the_finished_runs(tm
     assert main(args) == 1
     err = capsys.readouterr().err
     (line,) = err.splitlines()
-    assert line.startswith('timm-tm compare: error: tm seed 0: loss is nan at epoch 0 (finished runs are kept in ')
+    assert line.startswith('timm-tm compare: error: tm seed 0: loss is nan at epoch 0 (1 finished run(s) kept in ')
     assert f'error: {line.split("error: ", 1)[1]}' in (out / 'log.txt').read_text().splitlines()
     runs = json.loads((out / 'results.json').read_text())['runs']
     assert [(r['variant'], r['seed']) for r in runs] == [('baseline', 0)]
@@ -195,15 +211,44 @@ def test_a_failed_run_exits_1_with_one_error_line_and_keeps_the_finished_runs(tm
         (['--smoothing', '1.5'], '--smoothing must be < 1'),
         (['--jobs', '0'], '--jobs must be >= 1'),
         (['--device', 'bogus'], "--device 'bogus' is not a torch device"),
-        (['--train-size', '0'], 'empty split'),
+        (['--train-size', '0'], '--train-size must be >= 1, got 0'),
+        (['--train-size', '-5'], '--train-size must be >= 1, got -5'),
+        (['--val-size', '0'], '--val-size must be >= 1, got 0'),
+        (['--train-size', '100000'], '--train-size 100000: the train split has only'),
+        (['--hflip', '7'], '--hflip must be a probability in [0, 1], got 7.0'),
+        (['--hflip', 'nan'], '--hflip must be a probability in [0, 1], got nan'),
+        (['--reprob', '0.25'], '--reprob applies to ImageFolder data (--data-dir) only'),
+        (['--scale', '0.5', '1'], '--scale applies to ImageFolder data (--data-dir) only'),
+        (['--device', 'mps'], "--device 'mps' is not usable here"),
+        (['--device', 'meta'], "--device 'meta' is not usable here"),
+        (['--variants', 'baseline', 'tm-t100'], '--variants: tm-t100: temperature_init must lie in'),
+        (['--variants', 'tm-embtied-embclasses'], "'embtied' and 'embclasses' both set embedding"),
+        (['--variants', 'tm-m1-m4'], "'m1' and 'm4' both set templates_per_class"),
+        (['--variants', 'tm-w1-noguide'], "'w1' and 'noguide' both set evidence_weight_init"),
+        (['--img-size', '100000'], '--img-size must be <= 1024, got 100000'),
+        (['--dataset', 'cluttered-mnist', '--canvas', '100000'], '--canvas must be <= 1024, got 100000'),
+        (['--batch-size', '100'], '--batch-size 100 is larger than the 64 training images'),
+        (['--sched', 'none'], "--sched 'none'"),
+        (['--sched', 'plateau'], "--sched 'plateau'"),
+        (['--opt', 'fusedadam'], "--opt 'fusedadam'"),
+        (['--mixup', '0.8', '--batch-size', '3'], '--mixup / --cutmix need an even --batch-size, got 3'),
+        (['--cutmix', '1', '--batch-size', '31'], '--mixup / --cutmix need an even --batch-size, got 31'),
     ],
 )
-def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path):
+def test_bad_input_is_a_clear_error(argv, message, capsys, tmp_path, monkeypatch):
+    """Wrong arguments exit 2 with one line before any work starts: no run trains, nothing is written."""
+    monkeypatch.setattr(runner, 'train_one', _no_training)
     with pytest.raises(SystemExit) as e:
         main(TINY + argv + ['--out', str(tmp_path / 'never')])
     assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err, err
+    assert err.splitlines()[-1].startswith('timm-tm compare: error: ')
     assert not (tmp_path / 'never').exists()
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError('a run started before the arguments were checked')
 
 
 def _npz(path, x, y):
@@ -232,7 +277,7 @@ def test_degenerate_or_foreign_data_is_refused_before_anything_is_written(tmp_pa
     np.savez(tmp_path / 'wrong.npz', images=digits)
     for name, (path, message) in cases.items():
         with pytest.raises(SystemExit) as e:
-            main(TINY[4:] + ['--dataset', 'cluttered-mnist', '--mnist-npz', path, '--out', str(tmp_path / 'never')])
+            main(TINY[6:] + ['--dataset', 'cluttered-mnist', '--mnist-npz', path, '--out', str(tmp_path / 'never')])
         assert e.value.code == 2, name
         err = capsys.readouterr().err
         assert message in err, (name, err)
@@ -309,6 +354,233 @@ def test_flips_mirror_the_batch_and_digits_are_not_flipped_by_default():
     flipped = next(load_data(args, 0, torch.device('cpu')).train_batches(0))
     assert torch.equal(flipped[1], plain[1])
     assert torch.equal(flipped[0], plain[0].flip(-1))
+
+
+def test_reuse_takes_finished_runs_of_the_same_recipe_only(tmp_path, capsys):
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    assert main(TINY + ['--seeds', '0', '--variants', 'baseline', '--out', str(first)]) == 0
+    reused_file = str(first / 'results.json')
+    argv = TINY + ['--seeds', '0', '--variants', 'baseline', 'tm-noembed', '--out', str(second)]
+    assert main(argv + ['--reuse', reused_file]) == 0
+    log = (second / 'log.txt').read_text()
+    assert 'baseline  ' not in log and 'tm-noembed' in log  # only the missing run was trained
+    result = json.loads((second / 'results.json').read_text())
+    runs = {r['variant']: r for r in result['runs']}
+    original = json.loads((first / 'results.json').read_text())['runs'][0]
+    assert runs['baseline']['top1'] == original['top1'] and runs['baseline']['reused_from'] == reused_file
+    assert 'reused_from' not in runs['tm-noembed'] and result['config']['reused_from'] == [reused_file]
+    with pytest.raises(SystemExit) as e:  # another recipe: refused before anything is written
+        main(TINY + ['--lr', '0.01', '--seeds', '0', '--out', str(tmp_path / 'never'), '--reuse', reused_file])
+    assert e.value.code == 2 and 'differs in: lr' in capsys.readouterr().err
+    assert not (tmp_path / 'never').exists()
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST_DIR), reason=f'Fashion-MNIST not installed ({FASHION_MNIST_DIR}; Debian package '
+    'dataset-fashion-mnist)',
+)  # fmt: skip
+def test_a_short_real_fashion_mnist_comparison_learns(tmp_path):
+    out = tmp_path / 'run'
+    argv = ['--dataset', 'fashion-mnist', '--train-size', '2000', '--val-size', '500', '--channels', '8,16,16,16',
+            '--layers', '1,1,1,1', '--epochs', '3', '--warmup-epochs', '0', '--batch-size', '32', '--threads', '1',
+            '--jobs', '1', '--seeds', '0', '--variants', 'baseline', '--out', str(out)]  # fmt: skip
+    assert main(argv) == 0
+    run = json.loads((out / 'results.json').read_text())['runs'][0]
+    assert (run['num_train'], run['num_val']) == (2000, 500)
+    assert run['top1'] > 30  # 10 classes: chance is 10% (44.4 here after 3 epochs of this tiny model)
+
+
+@pytest.fixture(scope='module')
+def digit_folder(tmp_path_factory):
+    """A tiny ImageFolder (train/ and val/, ten digit classes, 16 px PNGs)."""
+    from timm_tm.data import load_digits_arrays, split_arrays, write_image_folder
+
+    x, y = load_digits_arrays()
+    splits = split_arrays(x[:120], y[:120], val_fraction=0.25, seed=0)
+    return write_image_folder(str(tmp_path_factory.mktemp('folder') / 'digits'), splits, size=16)
+
+
+def _folder_args(root) -> list:
+    return TINY[6:] + ['--data-dir', str(root), '--img-size', '16', '--workers', '0', '--seeds', '0']
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--train-size', '20'], '--train-size / --val-size apply to the built-in datasets'),
+        (['--val-size', '20'], '--train-size / --val-size apply to the built-in datasets'),
+        (['--reprob', '5'], '--reprob must be a probability in [0, 1], got 5.0'),
+        (['--scale', '0', '0'], '--scale must be 0 < MIN <= MAX <= 1, got [0.0, 0.0]'),
+        (['--scale', 'nan', '1'], '--scale must be 0 < MIN <= MAX <= 1, got [nan, 1.0]'),
+        (['--scale', '0.9', '0.5'], '--scale must be 0 < MIN <= MAX <= 1, got [0.9, 0.5]'),
+        (['--color-jitter', '-1'], '--color-jitter must be a finite number >= 0, got -1.0'),
+        (['--auto-augment', 'garbage'], "--auto-augment 'garbage' is not a timm augmentation policy"),
+        (['--batch-size', '100'], '--batch-size 100 is larger than the'),
+        (['--workers', '-1'], '--workers must be >= 0, got -1'),
+    ],
+)
+def test_bad_image_folder_options_are_a_clear_error(argv, message, digit_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runner, 'train_one', _no_training)
+    with pytest.raises(SystemExit) as e:
+        main(_folder_args(digit_folder) + argv + ['--out', str(tmp_path / 'never')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err, err
+    assert not (tmp_path / 'never').exists()
+
+
+def _copy_folder(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_image_folders_a_comparison_cannot_use_are_refused(digit_folder, tmp_path, capsys, monkeypatch):
+    """Val classes that train lacks (timm's reader would drop their images), a single class, a symlink loop (which
+    would multiply the images): refused, naming the folder, before anything is written."""
+    import shutil
+
+    monkeypatch.setattr(runner, 'train_one', _no_training)
+    unseen = _copy_folder(digit_folder, tmp_path / 'unseen')
+    shutil.rmtree(unseen / 'train' / '7')
+    one = _copy_folder(digit_folder, tmp_path / 'one')
+    for split in ('train', 'val'):
+        for d in (one / split).iterdir():
+            if d.name != '3':
+                shutil.rmtree(d)
+    loop = _copy_folder(digit_folder, tmp_path / 'loop')
+    (loop / 'train' / '2' / 'again').symlink_to(loop / 'train' / '2')
+    twice = _copy_folder(digit_folder, tmp_path / 'twice')  # one class folder linked into another
+    (twice / 'train' / '2' / 'more').symlink_to(twice / 'train' / '5')
+    cases = {
+        unseen: "val classes ['7'] have no training images",
+        one: 'the training split has 1 class: a comparison needs at least 2',
+        loop: f'{loop / "train" / "2" / "again"} leads to a folder read already',
+        twice: f'{twice / "train" / "2" / "more"} leads to a folder read already',
+    }
+    for root, message in cases.items():
+        with pytest.raises(SystemExit) as e:
+            main(_folder_args(root) + ['--out', str(tmp_path / 'never')])
+        assert e.value.code == 2, root
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (root, err)
+        assert not (tmp_path / 'never').exists()
+
+
+def test_all_zero_images_are_refused(tmp_path, capsys):
+    import numpy as np
+
+    path = _npz(tmp_path / 'zero.npz', np.zeros((60, 28, 28)), np.arange(60) % 10)
+    with pytest.raises(SystemExit) as e:
+        main(TINY[6:] + ['--dataset', 'cluttered-mnist', '--mnist-npz', path, '--out', str(tmp_path / 'never')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'every training pixel is 0: nothing to learn' in err and 'Traceback' not in err, err
+
+
+def test_out_that_is_a_file_under_a_file_or_in_the_data_is_a_clear_error(tmp_path, capsys, digit_folder):
+    (tmp_path / 'file').write_text('mine')
+    data = _copy_folder(digit_folder, tmp_path / 'data')
+    for argv, out, message in (
+        (TINY, tmp_path / 'file', f'--out {tmp_path / "file"} is a file, not a folder'),
+        (TINY, tmp_path / 'file' / 'sub', f'--out {tmp_path / "file" / "sub"}: {tmp_path / "file"} is a file'),
+        (_folder_args(data), data / 'results', f'--out {data / "results"} is inside --data-dir {data}'),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv + ['--seeds', '0', '--variants', 'baseline', '--out', str(out)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, err
+        assert (tmp_path / 'file').read_text() == 'mine'
+    assert not (data / 'results').exists()
+
+
+def test_resume_refuses_what_changes_the_numbers(digit_folder, tmp_path, capsys):
+    """--workers changes the ImageFolder augmentation stream, --threads and --device the arithmetic: a resume
+    with another value would pair runs that did not see the same thing."""
+    out = tmp_path / 'run'
+    args = _folder_args(digit_folder) + ['--variants', 'baseline', '--out', str(out)]
+    assert main(args) == 0
+    config = json.loads((out / 'results.json').read_text())['config']
+    for change in (['--workers', '1'], ['--threads', '2']):
+        with pytest.raises(SystemExit) as e:
+            main(args + change + ['--resume'])
+        assert e.value.code == 2
+        assert f'differs in: {change[0][2:]}' in capsys.readouterr().err
+        assert json.loads((out / 'results.json').read_text())['config'] == config  # the recipe is not rewritten
+    assert main(args + ['--resume', '--eval-every', '0']) == 0  # what does not change the numbers may differ
+
+
+def test_a_first_run_that_fails_leaves_a_folder_that_resumes(tmp_path, capsys, monkeypatch):
+    """results.json (with no runs) is written before the first run starts: the error line's advice holds."""
+
+    def failing(variant, seed, *args, **kwargs):
+        raise RuntimeError('out of memory')
+
+    out = tmp_path / 'run'
+    args = TINY + ['--seeds', '0', '--variants', 'baseline', '--out', str(out)]
+    monkeypatch.setattr(runner, 'train_one', failing)
+    assert main(args) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f'timm-tm compare: error: out of memory (0 finished run(s) kept in {out / "results.json"}; rerun the same '
+        'command with --resume to continue)'
+    )
+    assert json.loads((out / 'results.json').read_text())['runs'] == []
+    monkeypatch.undo()
+    assert main(args + ['--resume']) == 0
+
+
+def test_equal_paired_differences_have_no_p_value_and_are_not_significant():
+    """Zero variance: a t-test has no p. Three seeds each one val image apart are not 'significantly better'."""
+    from timm_tm.compare import paired, verdict
+
+    runs = [dict(variant='baseline', seed=s, top1=90.0 + s) for s in range(3)]
+    runs += [dict(variant='tm', seed=s, top1=91.0 + s) for s in range(3)]
+    d = paired(runs, 'tm', 'baseline')
+    assert d['p_value'] is None
+    line = verdict(d)
+    assert line == (
+        'tm vs baseline: no significant difference (+1.00 ± 0.00 points, paired t-test p n/a: every seed differs '
+        'by the same amount, better on 3/3 seeds)'
+    )
+    same = [dict(r, variant='tm', top1=r['top1']) for r in runs[:3]]
+    assert 'p n/a: every seed gives the same top-1' in verdict(paired(runs[:3] + same, 'tm', 'baseline'))
+
+
+def test_contradictory_variant_options_are_refused_whatever_the_options():
+    """Two options that set the same model keyword (or both freeze w, or both set the epochs) contradict each
+    other or repeat: refused, whichever options they are, instead of the last one winning."""
+    from itertools import combinations
+
+    examples = ['m2', 'm4', 's4', 's34', 'w0', 'w1', 't8', 't30', 'fixw', 'noguide', 'max', 'lse', 'noembed',
+                'embtied', 'embtemplates', 'embclasses', 'evgrad', 'evlogits', 'ep2', 'ep3']  # fmt: skip
+
+    def settings(tok):
+        v = parse_variant(f'tm-{tok}')
+        return (
+            set(v.model_kwargs)
+            | ({'freeze'} if v.freeze_evidence_weight else set())
+            | ({'epochs'} if v.epochs else set())
+        )
+
+    for a, b in combinations(examples, 2):
+        if settings(a) & settings(b):
+            with pytest.raises(ValueError, match=f"'{a}' and '{b}' both set"):
+                parse_variant(f'tm-{a}-{b}')
+        else:
+            parse_variant(f'tm-{a}-{b}')
+    with pytest.raises(ValueError, match="'ep2' and 'ep3' both set"):
+        parse_variant('baseline-ep2-ep3')
+
+
+def test_array_data_that_would_not_fit_in_memory_is_refused_before_it_is_made():
+    from timm_tm.compare.data import check_memory
+
+    check_memory(1797, 16, 8, '--img-size 16', runs=2)  # the digits at their default size
+    with pytest.raises(ValueError, match=r'--img-size 1024: 1000000 images of 1024 x 1024 px take .* GiB in memory'):
+        check_memory(10**6, 1024, 8, '--img-size 1024', runs=2)
 
 
 def test_another_timm_cnn_against_itself_without_tm_blocks(tmp_path, capsys):

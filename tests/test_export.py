@@ -5,6 +5,7 @@ The run and its export come from ``export_fixtures``. Loading back goes through 
 download leaves it (``offline_hub.populate_hf_cache``).
 """
 
+import argparse
 import csv
 import io
 import json
@@ -23,9 +24,11 @@ import yaml
 from export_fixtures import SIZE, TAG
 from offline_hub import corrupt_file, populate_hf_cache
 
+from timm_tm import model_card
 from timm_tm.checkpoints import read_checkpoint
 from timm_tm.cli import main as timm_tm_main
 from timm_tm.export import main as export_main
+from timm_tm.layers import EMBEDDINGS, EVIDENCE_MODES
 from timm_tm.pretrained import WeightsFileError, tm_hub_id
 
 pytest_plugins = ('export_fixtures', 'offline_hub')  # the run, exported and hf_cache fixtures
@@ -67,8 +70,12 @@ def test_export_writes_a_hub_folder(exported, run):
     assert '@inproceedings' in card and '2210.00992' in card
     assert f'hf-hub:{tm_hub_id(TAG)}' in card
     assert '${' not in card
-    # the default block: the card says what its evidence does (gradient only), not that it changes the logits
-    assert 'class evidence reaches the logits as gradient only' in card and "embedding 'none'" in card
+    # the card describes the block that was exported (the default one here), in words and in its details line
+    default = next(iter(timm.create_model('tm_resnet18_small', num_classes=10).tm_blocks().values()))
+    assert model_card._EMBEDDING_TEXT[default.embedding] in card and f'embedding {default.embedding!r}' in card
+    assert (
+        'class evidence reaches the logits as gradient only' in card and model_card._EVIDENCE_TEXT['gradient'] in card
+    )
     # numbers are measured, not typed: params of the model, top-1 / top-5 of summary.csv
     params = sum(p.numel() for p in timm.create_model('tm_resnet18_small', num_classes=10).parameters()) / 1e6
     assert f'Params (M): {params:.2f}' in card
@@ -400,7 +407,87 @@ def test_wrong_model_checkpoint_error_names_keys(tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert str(tmp_path / 'r50.pth.tar') in err and 'layer1.0.conv3.weight' in err
+    assert err.count('\n') == 1 and err.startswith('timm-tm export: error: ')  # it was three lines (issue 17)
     assert not (tmp_path / 'out').exists()
+
+
+def _plain_resnet_checkpoint(path: Path) -> Path:
+    """A train.py checkpoint of a model without TM blocks (tm_resnet18_small with tm_stages=(): a ResNet's keys)."""
+    resnet = timm.create_model('tm_resnet18_small', num_classes=10, tm_stages=())
+    torch.save({'state_dict': resnet.state_dict(), 'arch': 'tm_resnet18_small', 'epoch': 3}, path)
+    return path
+
+
+def test_a_checkpoint_without_tm_weights_is_exported_only_when_asked(tmp_path, capsys):
+    """It exported random templates under a card saying the labels trained them (issue 17)."""
+    ckpt = _plain_resnet_checkpoint(tmp_path / 'resnet.pth.tar')
+    argv = [str(ckpt), '--model', 'tm_resnet18_small', '--dataset', 'digits']
+    assert export_main([*argv, '--out', str(tmp_path / 'a')]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'has no weights for the TM blocks' in err and '--untrained-templates' in err
+    assert not (tmp_path / 'a').exists()
+
+    assert export_main([*argv, '--out', str(tmp_path / 'b'), '--untrained-templates']) == 0
+    card = (tmp_path / 'b' / 'README.md').read_text()
+    assert card.count('The TM blocks are untrained') == 2  # the opening paragraph and the model details
+
+    trained = tmp_path / 'tm.pth'
+    torch.save(timm.create_model('tm_resnet18_small', num_classes=10).state_dict(), trained)
+    assert export_main([str(trained), '--model', 'tm_resnet18_small', '--out', str(tmp_path / 'c'),
+                        '--untrained-templates']) == 1  # fmt: skip
+    assert 'holds trained TM blocks' in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_other_tm_options_than_its_args_say_is_refused(tmp_path, capsys):
+    """Weights trained with evidence_mode='logits' exported as a default model agreed with it on 0% of top-1."""
+    model = timm.create_model('tm_resnet18_small', num_classes=10, evidence_mode='logits')
+    args = argparse.Namespace(model='tm_resnet18_small', num_classes=10, model_kwargs={})  # the option not recorded
+    ckpt = tmp_path / 'logits.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'args': args, 'epoch': 0}, ckpt)
+    assert export_main([str(ckpt), '--out', str(tmp_path / 'out')]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "evidence_mode='logits'" in err and str(ckpt) in err, err
+    assert export_main([str(ckpt), '--out', str(tmp_path / 'out'), '--model-kwargs', 'evidence_mode=logits']) == 0
+
+
+def test_class_names_come_only_from_files_the_user_names(run, tmp_path, capsys):
+    """A checkpoint's args may name any text file as the run's class map: its lines went into config.json, which
+    push uploads (issue 17). They are read only with --run-label-names, which prints the path."""
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('\n'.join(f'password-{i}' for i in range(10)) + '\n')
+    saved = torch.load(run[0] / 'model_best.pth.tar', weights_only=False)
+    saved['args'].class_map = str(secret)
+    ckpt = tmp_path / 'model_best.pth.tar'
+    torch.save(saved, ckpt)
+    assert export_main([str(ckpt), '--out', str(tmp_path / 'a')]) == 0
+    out = capsys.readouterr().out
+    assert 'no class names exported' in out and str(secret) in out and '--run-label-names' in out
+    assert 'label_names' not in json.loads((tmp_path / 'a' / 'config.json').read_text())
+    assert not any('password' in p.read_text(errors='replace') for p in (tmp_path / 'a').iterdir())
+
+    assert export_main([str(ckpt), '--out', str(tmp_path / 'b'), '--run-label-names']) == 0
+    assert f'label names from {secret}' in capsys.readouterr().out
+    assert json.loads((tmp_path / 'b' / 'config.json').read_text())['label_names'][3] == 'password-3'
+
+
+@pytest.mark.parametrize(
+    'names, problem',
+    [
+        ({'0': 'a', '2': 'b'}, 'index 1 is missing'),
+        ({'a': 0, 'b': 0}, 'index 0 is given twice'),
+        ({'a': 1, 'b': 2}, 'index 0 is missing'),
+        ({'0': 'a', 'x': 'b'}, "found index 'a'"),  # neither all indices nor all names
+    ],
+)
+def test_label_names_json_with_gaps_or_repeated_indices_is_refused(tmp_path, capsys, names, problem):
+    from timm_tm.checkpoints import CheckpointError, read_label_names_file
+
+    path = tmp_path / 'names.json'
+    path.write_text(json.dumps(names))
+    with pytest.raises(CheckpointError, match=problem):
+        read_label_names_file(path)
+    path.write_text(json.dumps({'1': 'b', '0': 'a'}))
+    assert read_label_names_file(path) == ['a', 'b']
 
 
 def test_tampered_local_dir_weights_are_refused(exported, tmp_path):
@@ -473,3 +560,14 @@ def test_card_refuses_names_that_would_break_out_of_its_snippets():
     ]:
         with pytest.raises(ValueError, match=f'card.md: {key} .* cannot go into the code snippets'):
             render_card({**fields, key: value}, source='card.md')
+
+
+@pytest.mark.parametrize('embedding', EMBEDDINGS)
+@pytest.mark.parametrize('evidence_mode', EVIDENCE_MODES)
+def test_the_card_sentence_is_written_from_the_blocks(embedding, evidence_mode):
+    net = timm.create_model('tm_resnet18_small', num_classes=3, embedding=embedding, evidence_mode=evidence_mode)
+    text = model_card.tm_block_text(net)
+    assert model_card._EMBEDDING_TEXT[embedding] in text and model_card._EVIDENCE_TEXT[evidence_mode] in text
+    others = [t for e, t in model_card._EMBEDDING_TEXT.items() if e != embedding]
+    assert not any(t in text for t in others)  # one block, one description
+    assert 'no TM block' in model_card.tm_block_text(timm.create_model('tm_resnet18_small', tm_stages=()))

@@ -78,3 +78,37 @@ def test_atomic_write_text_is_utf8_and_keeps_an_existing_file_without_replace(tm
     assert path.read_bytes() == 'Δ ± 0.5\n'.encode()
     kept = atomic_write_text(path, 'other', replace=False)
     assert path.read_text(encoding='utf-8') == 'Δ ± 0.5\n' and kept.read_text(encoding='utf-8') == 'other'
+
+
+@pytest.mark.skipif(os.name != 'posix', reason='fcntl.flock is POSIX')
+def test_exclusive_lock_refuses_a_live_holder_and_takes_over_a_dead_ones_file(tmp_path):
+    import subprocess
+    import sys
+
+    from timm_tm.files import LockedError, exclusive_lock
+
+    lock = tmp_path / '.lock'
+    with exclusive_lock(lock):
+        assert lock.read_text() == f'{os.getpid()}\n'
+        with pytest.raises(LockedError, match=f'held by process {os.getpid()}') as e:
+            with exclusive_lock(lock):
+                pass
+        assert e.value.pid == os.getpid()
+    assert not lock.exists()  # removed on release
+    # another process holds it until it dies, even by SIGKILL; the file it leaves behind is taken over
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time; from timm_tm.files import exclusive_lock\n'
+         'with exclusive_lock(sys.argv[1]):\n    print("held", flush=True); time.sleep(600)', str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == 'held\n'
+        with pytest.raises(LockedError, match=f'held by process {holder.pid}'):
+            with exclusive_lock(lock):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.exists()
+    with exclusive_lock(lock):
+        assert lock.read_text() == f'{os.getpid()}\n'

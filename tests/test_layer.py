@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from timm_tm import TemplateMatching
 
-EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
+EMBEDDINGS = ('none', 'templates', 'classes', 'tied', 'argmax')
 
 
 def randomize_embedding(tm: TemplateMatching, std: float = 0.1) -> TemplateMatching:
@@ -88,17 +88,33 @@ def test_embeddings_follow_reference_formulas():
     """Each embedding computes what its docstring says, written out plainly here."""
     torch.manual_seed(0)
     x = torch.randn(2, 6, 3, 4)
-    for embedding in ('classes', 'tied'):
+    for embedding in ('classes', 'tied', 'argmax'):
         tm = randomize_embedding(TemplateMatching(6, 4, templates_per_class=2, embedding=embedding)).eval()
         scores = tm.match(x)
         if embedding == 'classes':  # softmax over the N classes of the class map, one vector per class
             p = torch.softmax(tm.pool_classes(scores), dim=1)
             expected = x + torch.einsum('cn,bnhw->bchw', tm.embed.weight.flatten(1), p)
-        else:  # softmax over the K templates, the unit templates as directions, a per-channel scale
+        else:  # over the K templates (all of them softly, or the best one), the unit templates as directions
             p = torch.softmax(scores, dim=1)
+            if embedding == 'argmax':
+                p = (scores == scores.amax(dim=1, keepdim=True)).float()
             units = F.normalize(tm.templates.weight.flatten(1), dim=1)
             expected = x + torch.einsum('kc,bkhw->bchw', units, p) * tm.embed_scale.view(1, -1, 1, 1)
         torch.testing.assert_close(tm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_argmax_embedding_passes_the_softmax_gradient_to_the_scores():
+    """The hard assignment has no gradient of its own: the scores (templates, temperature) get the softmax's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 4)
+    grads = {}
+    for embedding in ('tied', 'argmax'):
+        torch.manual_seed(1)
+        tm = randomize_embedding(TemplateMatching(6, 4, embedding=embedding))
+        tm(x).square().sum().backward()
+        grads[embedding] = tm.log_temperature.grad
+    assert grads['argmax'] is not None and grads['argmax'].abs() > 0
+    assert not torch.equal(grads['argmax'], grads['tied'])  # the forward differs, so does the gradient
 
 
 def test_scores_are_temperature_times_cosine():
@@ -354,3 +370,48 @@ def test_follows_a_stage_of_another_timm_cnn(model_name):
     assert losses[-1] < losses[0]
     for name in ('tm.templates.weight', 'tm.log_temperature', 'tm.embed.weight'):
         assert not torch.equal(before[name], dict(model.named_parameters())[name]), f'{name} did not train'
+
+
+# ------------------------------------------------------------------------------- the configuration in the state_dict
+
+
+def test_state_dict_records_the_configuration_with_stable_codes():
+    """Codes are positions in EVIDENCE_MODES / EVIDENCE_POOLS / EMBEDDINGS: checkpoints keep them, so the tuples only
+    grow at their end (a new option gets the next code)."""
+    from timm_tm.layers import CONFIG_FIELDS, EMBEDDINGS, EVIDENCE_MODES, EVIDENCE_POOLS
+
+    assert EVIDENCE_MODES[:2] == ('gradient', 'logits') and EVIDENCE_POOLS[:2] == ('logsumexp', 'max')
+    assert EMBEDDINGS[:5] == ('none', 'templates', 'classes', 'tied', 'argmax')
+    assert CONFIG_FIELDS == (
+        'version',
+        'evidence_mode',
+        'evidence_pool',
+        'embedding',
+        'templates_per_class',
+        'num_classes',
+    )
+    tm = TemplateMatching(8, 10, templates_per_class=2, evidence_pool='max', evidence_mode='logits', embedding='tied')
+    record = tm.state_dict()['tm_config']
+    assert record.dtype == torch.int64 and record.tolist() == [1, 1, 1, 3, 2, 10]
+    assert tm.half().state_dict()['tm_config'].dtype == torch.int64  # a dtype cast leaves it an integer record
+    tm.reset_classes(3)
+    assert tm.state_dict()['tm_config'].tolist() == [1, 1, 1, 3, 2, 3]
+
+
+@pytest.mark.parametrize(
+    'source, needle',
+    [
+        (dict(evidence_mode='logits'), "evidence_mode='logits'"),  # the same tensors: it loaded and predicted otherwise
+        (dict(evidence_pool='max'), "evidence_pool='max'"),
+        (dict(embedding='argmax'), "embedding='argmax'"),  # the same keys as 'tied', another assignment
+        (dict(num_classes=5, templates_per_class=2), 'templates_per_class=2, num_classes=5'),  # 10 templates both
+    ],
+)
+def test_weights_of_another_configuration_are_refused_naming_it(source, needle):
+    block = TemplateMatching(8, **{'num_classes': 10, **source})
+    target = TemplateMatching(8, 10, embedding='tied' if 'embedding' in source else 'none')
+    with pytest.raises(RuntimeError, match=needle):
+        target.load_state_dict(block.state_dict())
+    older = {k: v for k, v in block.state_dict().items() if k != 'tm_config'}
+    target.load_state_dict(older)  # saved before the record existed: loads as it always did
+    assert torch.equal(target.templates.weight, block.templates.weight)

@@ -597,6 +597,67 @@ def test_checkpoint_of_another_embedding_is_refused_naming_it(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def _load_paths(source: torch.nn.Module, tmp_path, **model_kwargs):
+    """Every way a train.py run or a user loads weights into a tm model, each a function of no arguments that loads
+    ``source``'s weights (saved as train.py saves them) into a model made with ``model_kwargs``."""
+    import safetensors.torch
+    from timm.models import load_checkpoint, resume_checkpoint
+
+    path = tmp_path / 'checkpoint.pth.tar'
+    state = source.state_dict()
+    torch.save({'state_dict': state, 'state_dict_ema': state, 'epoch': 3, 'arch': 'tm_resnet18_small'}, path)
+    weights = tmp_path / 'weights.safetensors'
+    safetensors.torch.save_file(state, str(weights))
+    models = []
+
+    def model():
+        models.append(timm.create_model('tm_resnet18_small', **model_kwargs))
+        return models[-1]
+
+    return models, {
+        'load_state_dict': lambda: model().load_state_dict(state),
+        'train.py --initial-checkpoint': lambda: load_checkpoint(model(), str(path)),
+        'train.py --resume': lambda: resume_checkpoint(model(), str(path)),
+        'the EMA weights': lambda: load_checkpoint(model(), str(path), use_ema=True),
+        "timm's pretrained loader": lambda: timm.create_model(
+            'tm_resnet18_small', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **model_kwargs
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    'source_kwargs, model_kwargs, needle',
+    [
+        # the same tensors with another meaning: they loaded, and the model predicted otherwise (issue 17)
+        (dict(num_classes=10, evidence_mode='logits'), dict(num_classes=10), "evidence_mode='logits'"),
+        (dict(num_classes=10, evidence_pool='max', templates_per_class=2),
+         dict(num_classes=10, templates_per_class=2), "evidence_pool='max'"),
+        # an embedding model of 10 classes x 1 template and one of 5 x 2 hold the same 10 templates per block
+        (dict(num_classes=0, template_classes=10), dict(num_classes=0, template_classes=5, templates_per_class=2),
+         'templates_per_class=1, num_classes=10'),
+    ],
+)  # fmt: skip
+def test_checkpoint_of_other_tm_options_is_refused_on_every_load_path(tmp_path, source_kwargs, model_kwargs, needle):
+    source = timm.create_model('tm_resnet18_small', **source_kwargs)
+    models, paths = _load_paths(source, tmp_path, **model_kwargs)
+    for how, load in paths.items():
+        with pytest.raises(RuntimeError) as e:
+            load()
+        message = str(e.value)
+        assert needle in message and 'nothing was loaded' in message and '\n' not in message, (how, message)
+    # the models it was loading into are untouched, the backbone (loaded before the TM blocks) included
+    assert len(models) == 4 and all(not torch.equal(m.conv1.weight, source.conv1.weight) for m in models)
+    timm.create_model('tm_resnet18_small', **source_kwargs).load_state_dict(source.state_dict())  # its own load
+
+
+def test_checkpoint_saved_before_the_configuration_record_loads_as_before(tmp_path):
+    source = timm.create_model('tm_resnet18_small', num_classes=10)
+    older = {k: v for k, v in source.state_dict().items() if not k.endswith('.tm_config')}
+    model = timm.create_model('tm_resnet18_small', num_classes=10)
+    model.load_state_dict(older)  # strict: the record is optional
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in older.items())
+
+
 def test_import_survives_a_timm_without_one_of_the_resnet_tags():
     """A timm that drops a ResNet weights tag (here resnet26.bt_in1k) costs that tm_* tag only, with a warning."""
     import subprocess

@@ -87,6 +87,25 @@ def test_push_refuses_an_export_file_that_links_out_of_the_folder(exported, tmp_
     assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 0
 
 
+@pytest.mark.parametrize('name', ['README.md', 'config.json'])
+def test_push_refuses_an_export_file_that_is_a_hard_link_to_a_file_outside(exported, tmp_path, capsys, name):
+    """A hard link is no symbolic link: it resolves inside the folder, yet its content is a file of elsewhere."""
+    import os
+
+    outside = tmp_path / 'private.txt'
+    outside.write_text((exported / name).read_text())  # e.g. notes kept beside the run
+    folder = export_copy(exported, tmp_path / 'f')
+    (folder / name).unlink()
+    os.link(outside, folder / name)
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 1
+    line = _one_line_error(capsys)
+    assert str(folder / name) in line and 'hard link' in line and 'outside' in line
+    (folder / name).unlink()
+    os.link(folder / 'model.safetensors', folder / 'extra.bin')  # a second name inside the folder sends nothing else
+    (folder / name).write_text(outside.read_text())
+    assert push_main([str(folder), '--repo', 'a/b', '--dry-run']) == 0
+
+
 @pytest.fixture
 def online(tmp_path, monkeypatch):
     """No token anywhere, online mode, and an endpoint on the loopback (set by each test)."""

@@ -323,6 +323,72 @@ def test_an_output_is_never_an_input(trained, tmp_path, capsys):
     assert torch.load(ckpt, weights_only=False)['arch'] == 'tm_resnet18_small'
 
 
+def test_an_existing_file_is_never_replaced_unless_force_and_a_picture_of_ours(trained, tmp_path, capsys):
+    """`--out notes.txt` used to write a PNG over the notes, and `--out p/` p/cat.png over a picture of the user's
+    when drawing p/cat.jpg (issue 17): an existing output is refused, and --force replaces only this command's."""
+    from PIL import Image
+
+    _, ckpt, (digits, labels) = trained
+    pics = tmp_path / 'p'
+    pics.mkdir()
+    cat = pics / 'cat.jpg'
+    Image.fromarray(digits[0]).convert('RGB').save(cat)
+    Image.fromarray(digits[1]).convert('RGB').save(pics / 'cat.png')  # the user's own picture
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('keep\n')
+    before = {p: p.read_bytes() for p in (notes, pics / 'cat.png', cat)}
+    for out in (notes, f'{pics}/'):
+        err = _wrong_arguments(capsys, cat, '--checkpoint', ckpt, '--out', out)
+        assert err.startswith('timm-tm visualize: error: --out: ') and 'exists' in err and '--force' in err, err
+        err = _wrong_arguments(capsys, cat, '--checkpoint', ckpt, '--out', out, '--force')
+        assert 'is not a picture timm-tm visualize wrote' in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in pics.iterdir()) == ['cat.jpg', 'cat.png']
+
+    out = tmp_path / 'maps.png'  # a picture of ours: replaced with --force only
+    assert _run_main(capsys, cat, '--checkpoint', ckpt, '--out', out) == (0, [])
+    first = out.read_bytes()
+    assert 'exists' in _wrong_arguments(capsys, cat, '--checkpoint', ckpt, '--out', out)
+    assert out.read_bytes() == first
+    assert _run_main(capsys, cat, '--checkpoint', ckpt, '--out', out, '--force') == (0, [])
+
+
+def test_a_picture_too_large_to_draw_is_refused_in_one_line(tmp_path, capsys):
+    """`--classes 1000 --dpi 600` on a 1000-class model asked for a ~19 GB image buffer (issue 17)."""
+    from PIL import Image
+
+    from timm_tm.visualize import MAX_DPI, picture_size_problem
+
+    assert picture_size_problem(2, 3, MAX_DPI) is None and picture_size_problem(4, 3, MAX_DPI) is None  # defaults
+    problem = picture_size_problem(2, 1000, 600)
+    assert '--classes 1000 --dpi 600' in problem and 'megapixels' in problem and 'GB' in problem
+    image = tmp_path / 'a.png'
+    Image.new('RGB', (32, 32)).save(image)
+    for dpi in ('100', '600'):  # 220,799 x 590 pixels at 100 dpi (130 megapixels), 19 GB to draw at 600
+        err = _wrong_arguments(
+            capsys, image, '--model', 'tm_resnet18_small', '--num-classes', '1000', '--classes', '1000', '--dpi', dpi,
+            '--out', tmp_path / 'o.png',
+        )  # fmt: skip
+        assert f'--classes 1000 --dpi {dpi}' in err and 'lower --classes or --dpi' in err, err
+    assert not (tmp_path / 'o.png').exists()
+
+
+def test_a_checkpoint_made_with_other_tm_options_is_a_one_line_error(tmp_path, capsys):
+    """Weights trained with evidence_mode='logits' loaded into the default model and drew its maps (issue 17)."""
+    from PIL import Image
+
+    image = tmp_path / 'a.png'
+    Image.new('RGB', (32, 32)).save(image)
+    weights = tmp_path / 'logits.pth.tar'
+    model = timm.create_model('tm_resnet18_small', num_classes=10, evidence_mode='logits', **SMALL_KWARGS)
+    # the run's args do not say evidence_mode (e.g. a bare state_dict, or args edited by hand)
+    args = argparse.Namespace(model='tm_resnet18_small', num_classes=10, model_kwargs=dict(SMALL_KWARGS))
+    torch.save({'state_dict': model.state_dict(), 'arch': 'tm_resnet18_small', 'args': args}, weights)
+    err = _failed_work(capsys, image, '--checkpoint', weights, '--out', tmp_path / 'o.png')
+    assert "evidence_mode='logits'" in err and "evidence_mode='gradient'" in err and str(weights) in err, err
+    assert not (tmp_path / 'o.png').exists()
+
+
 def test_weights_are_checked_as_export_checks_them(trained, tmp_path, capsys):
     """--use-ema without EMA weights, NaN weights, args that are not a dict: refused, as by `timm-tm export`."""
     model, ckpt, (digits, labels) = trained

@@ -267,16 +267,29 @@ def read_label_names_file(path, flag: str = '--label-names') -> List[str]:
     except ValueError as e:
         raise CheckpointError(f'{flag}: {path} is not valid JSON ({first_line(e)})') from e
     if isinstance(data, dict):
-        try:
-            if all(str(k).isdigit() for k in data):  # {"0": "cat", ...}
-                data = [data[k] for k in sorted(data, key=int)]
-            else:  # {"cat": 0, ...}
-                data = [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(
-                f'{flag}: {path}: a JSON dict must map indices to names or names to indices ({first_line(e)})'
-            ) from e
+        data = _names_by_index(data, f'{flag}: {path}')
     return check_label_names(data, f'{flag}: {path}')
+
+
+def _names_by_index(data: Dict[Any, Any], source: str) -> List[Any]:
+    """A JSON dict of class indices and names (``{"0": "cat"}`` or ``{"cat": 0}``) as the list of names in index
+    order; the indices must be exactly 0 .. N-1, each once: a gap or a repeat would shift every later class."""
+    digit_keys = all(str(k).isdigit() for k in data)
+    pairs = [(k, v) for k, v in data.items()] if digit_keys else [(v, k) for k, v in data.items()]
+    indices = []
+    for index, _ in pairs:
+        if isinstance(index, bool) or not (isinstance(index, int) or (isinstance(index, str) and index.isdigit())):
+            raise CheckpointError(
+                f'{source}: a JSON dict must map indices to names or names to indices, found index {index!r}'
+            )
+        indices.append(int(index))
+    expected = list(range(len(indices)))
+    if sorted(indices) != expected:
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        missing = sorted(set(expected) - set(indices))
+        what = f'index {repeated[0]} is given twice' if repeated else f'index {missing[0]} is missing'
+        raise CheckpointError(f'{source}: the class indices must be 0 to {len(indices) - 1}, each once: {what}')
+    return [name for _, name in sorted(pairs, key=lambda p: int(p[0]))]
 
 
 def label_names_from_args(args: Dict[str, Any]) -> Optional[Tuple[List[str], str]]:

@@ -7,7 +7,8 @@ Subcommands are imported only when run (each brings its own optional dependencie
 * 1: the work failed (a file that cannot be read, a run that diverged): one line ``timm-tm CMD: error: ...``
   on stderr (:func:`report_error`);
 * 2: the arguments are wrong, found before any work starts: argparse's usage and error line
-  (``parser.error``).
+  (``parser.error``);
+* 128 + the signal's number (130, 143): stopped by SIGINT / SIGTERM, one line (``compare``, whose runs take long).
 """
 
 import argparse
@@ -43,6 +44,13 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): for one-line error reports."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's whole message on one line (its lines stripped and joined): torch's load_state_dict errors are
+    a page of tab-indented lines, a one-line report must keep what they name."""
+    text = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
 
 
 def int_list(text: str, minimum: int = 1) -> List[int]:

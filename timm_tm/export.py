@@ -49,8 +49,9 @@ from timm_tm.checkpoints import (
     read_checkpoint,
     read_label_names_file,
 )
-from timm_tm.cli import command_parser, report_error
+from timm_tm.cli import command_parser, one_line, report_error
 from timm_tm.files import PathLike, make_shareable
+from timm_tm.layers import TemplateMatching
 from timm_tm.pretrained import (
     HUB_NAMESPACE,
     TM_WEIGHTS,
@@ -65,6 +66,12 @@ from timm_tm.profiling import profile_model
 
 __all__ = ['EXPORT_FILES', 'ExportError', 'ExportRequest', 'parse_model_kwargs', 'export', 'export_request', 'main']
 
+# the card's words for weights exported with --untrained-templates (a checkpoint without TM weights)
+UNTRAINED_TM = (
+    '**The TM blocks are untrained**: the checkpoint had no TM weights (a model without TM blocks), so the templates '
+    "are random and the blocks at identity; the predictions are the backbone's, and the class maps mean nothing "
+    'until the model is trained.'
+)
 # what an export writes, and so all that `--force` may replace and `push` may upload
 EXPORT_FILES: Tuple[str, ...] = ('README.md', 'config.json', WEIGHTS_NAME)
 # the export's temporary folders (<out>.partial while written, <out>.old while swapped) are named after the
@@ -97,6 +104,8 @@ class ExportRequest:
     dataset: Optional[str] = None
     card: Optional[PathLike] = None  # a model card template
     force: bool = False
+    run_label_names: bool = False  # read class names from the run's class map / folders the checkpoint's args name
+    untrained_templates: bool = False  # export a checkpoint without TM weights (a plain ResNet's) with fresh TM blocks
 
     def inputs(self) -> Dict[str, Any]:
         """The files the export reads, by the flag that names them (None: not given)."""
@@ -130,6 +139,7 @@ class _Target:
     repo_id: str  # the Hub repo the card's snippets load from
     num_classes: int
     kwargs: Dict[str, Any]  # model kwargs besides num_classes
+    untrained_tm: bool = False  # the model's TM blocks are fresh: the checkpoint has no TM weights
 
 
 @dataclass(frozen=True)
@@ -245,6 +255,10 @@ def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Di
     if problem:
         raise ExportError(f'--repo {repo_id!r} (default {HUB_NAMESPACE}/NAME): not a valid Hub repo id: {problem}')
     num_classes, kwargs = _classes_and_kwargs(request, args, state_dict, model_name)
+    if name in TM_WEIGHTS and request.untrained_templates:
+        raise ExportError(
+            f'--name {name}: that tag holds TM-trained weights; untrained templates go under another name'
+        )
     if name in TM_WEIGHTS:
         tag_classes = TM_WEIGHTS[name].num_classes
         extra = {k: v for k, v in kwargs.items() if not (k == 'in_chans' and v == 3)}
@@ -253,7 +267,7 @@ def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Di
                 f'--name {name}: that tag loads into the default {model_name}(num_classes={tag_classes}); these '
                 f'weights need num_classes={num_classes}, {extra}: export them under another --name'
             )
-    return _Target(model_name, name, repo_id, num_classes, kwargs)
+    return _Target(model_name, name, repo_id, num_classes, kwargs, untrained_tm=request.untrained_templates)
 
 
 def _classes_and_kwargs(
@@ -277,7 +291,11 @@ def _classes_and_kwargs(
 def _build_model(
     target: _Target, state_dict: Dict[str, Any], checkpoint: PathLike, weights_key: Optional[str]
 ) -> nn.Module:
-    """``target``'s model holding ``state_dict`` (the entry ``weights_key`` of ``checkpoint``), in eval mode."""
+    """``target``'s model holding ``state_dict`` (the entry ``weights_key`` of ``checkpoint``), in eval mode.
+
+    A checkpoint without TM weights (a plain ResNet's, which a tm model loads with fresh TM blocks) is refused unless
+    ``target.untrained_tm`` says the user asked for it: the card would otherwise present random templates.
+    """
     # the source tag's provenance (hf_hub_id, tag, notes) does not describe the exported weights
     tag = target.name.split('.', 1)[1] if '.' in target.name else None
     overlay = dict(tag=tag, notes=None, origin_url=None, hf_hub_id=None, url=None)
@@ -297,8 +315,21 @@ def _build_model(
         ) from e
     try:
         net.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise ExportError(f'{checkpoint} ({weights_key or "state_dict"}) does not fit {target.model_name}:\n{e}') from e
+    except RuntimeError as e:  # torch's page of keys, on one line
+        raise ExportError(
+            f'{checkpoint} ({weights_key or "state_dict"}) does not fit {target.model_name}: {one_line(e)}'
+        ) from e
+    blocks = [n for n, m in net.named_modules() if isinstance(m, TemplateMatching)]
+    if blocks and not any(k.startswith(tuple(f'{n}.' for n in blocks)) for k in state_dict):
+        if not target.untrained_tm:
+            raise ExportError(
+                f'{checkpoint} has no weights for the TM blocks of {target.model_name} ({", ".join(blocks)}): it is '
+                'a model without TM blocks (a plain ResNet), and the export would hold untrained templates; pass '
+                '--untrained-templates to export it so (the card says so), or export the model it was trained as'
+            )
+        print(f'timm-tm export: note: {checkpoint} has no TM weights: the TM blocks are fresh (untrained templates)')
+    elif target.untrained_tm:
+        raise ExportError(f'--untrained-templates: {checkpoint} holds trained TM blocks; leave the flag out')
     return net.eval()
 
 
@@ -326,7 +357,12 @@ def _read_run_record(request: ExportRequest, target: _Target, meta: Dict[str, An
 def _label_names(
     request: ExportRequest, num_classes: int, meta: Dict[str, Any]
 ) -> Tuple[Optional[List[str]], Optional[str]]:
-    """(class names, where from): ``--label-names``, else the checkpoint's, else the run's class map or folders."""
+    """(class names, where from): ``--label-names``, else the checkpoint's own, else (``--run-label-names``) the
+    run's class map or folders.
+
+    The run's are read only when asked: a checkpoint is not a trusted input, and its args may name any file or
+    folder, whose lines or names would go into config.json and so to the Hub.
+    """
     if request.label_names:
         names = read_label_names_file(request.label_names, '--label-names')
         if len(names) != num_classes:
@@ -336,10 +372,22 @@ def _label_names(
         return names, str(request.label_names)
     if meta.get('label_names') and len(meta['label_names']) == num_classes:
         return meta['label_names'], f'{request.checkpoint} (label_names)'
+    if not request.run_label_names:
+        named = [str(meta['args'][k]) for k in ('class_map', 'data_dir', 'data') if meta['args'].get(k)]
+        if named:
+            print(
+                f'timm-tm export: note: no class names exported; the run names {", ".join(named)}: pass '
+                '--run-label-names to read them from there, or --label-names FILE'
+            )
+        return None, None
     found = label_names_from_args(meta['args'])
-    if found and len(found[0]) == num_classes:
-        return found
-    return None, None
+    if not found:
+        raise ExportError(
+            f"--run-label-names: {request.checkpoint}: the run's class map or class folders are not found"
+        )
+    if len(found[0]) != num_classes:
+        raise ExportError(f'--run-label-names: {found[1]} names {len(found[0])} classes, the model has {num_classes}')
+    return found
 
 
 def _summary_metrics(path: Path, epoch: Optional[int]) -> Dict[str, Any]:
@@ -435,7 +483,8 @@ def _write_card(
         'gmacs': f'{stats["gmacs"]:.3f}',
         'activations_m': f'{stats["activations_m"]:.2f}',
         'image_size': f'{image_size[0]} x {image_size[1]}',
-        'tm_details': model_card.tm_details(net),
+        'tm_block': model_card.tm_block_text(net),
+        'tm_details': (UNTRAINED_TM + ' ' if target.untrained_tm else '') + model_card.tm_details(net),
         'training': model_card.training_text(record.args, record.epoch, request.use_ema),
         'metrics': model_card.metrics_text(
             target.name, record.metrics, stats, image_size, record.dataset, split, request.use_ema
@@ -462,6 +511,8 @@ def _description(target: _Target, record: _RunRecord) -> str:
         print('timm-tm export: warning: no dataset recorded in the checkpoint: pass --dataset NAME for the card')
     else:
         description = f'{target.model_name} weights trained on {record.dataset}.'
+    if target.untrained_tm:
+        description += f' {UNTRAINED_TM}'
     if record.label_names:
         description += f' Class names ({target.num_classes}) are in `config.json` (`label_names`).'
     return description
@@ -565,6 +616,8 @@ def export(
     dataset: Optional[str] = None,
     card: Optional[PathLike] = None,
     force: bool = False,
+    run_label_names: bool = False,
+    untrained_templates: bool = False,
 ) -> Path:
     """Write ``out`` (model.safetensors, config.json, README.md) from a train.py ``checkpoint``; returns ``out``.
 
@@ -584,6 +637,8 @@ def export(
         dataset=dataset,
         card=card,
         force=force,
+        run_label_names=run_label_names,
+        untrained_templates=untrained_templates,
     )
     return export_request(request)
 
@@ -614,7 +669,7 @@ def export_request(request: ExportRequest) -> Path:
         for p in work.iterdir():  # safetensors writes 0600; a published folder is world-readable like timm's
             make_shareable(p)
         if record.label_names_from and not request.label_names:
-            print(f'timm-tm export: label names from {record.label_names_from}')
+            print(f'timm-tm export: label names from {record.label_names_from} (in config.json: push uploads them)')
         _replace_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -663,6 +718,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--use-ema', action='store_true', help='export the EMA weights (state_dict_ema)')
     parser.add_argument('--summary', help="the run's summary.csv: top-1 / top-5 for the card")
     parser.add_argument('--label-names', help='class names: a text file (one per line) or a JSON list / dict')
+    parser.add_argument(
+        '--run-label-names',
+        action='store_true',
+        help="class names from the run's --class-map file or train class folders, at the paths its args record "
+        '(printed); without it, only --label-names or names stored in the checkpoint are exported',
+    )
+    parser.add_argument(
+        '--untrained-templates',
+        action='store_true',
+        help='export a checkpoint that has no TM weights (a plain ResNet) with fresh, untrained TM blocks',
+    )
     parser.add_argument('--dataset', help='dataset name for the card (default: from the checkpoint args)')
     parser.add_argument('--model-kwargs', nargs='*', default=None, metavar='KEY=VALUE', help='as train.py')
     parser.add_argument('--card', help='model card template (default: model_cards/NAME.md, else the packaged one)')

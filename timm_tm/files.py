@@ -7,10 +7,11 @@ made by ``open`` (0666 less the umask).
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
-__all__ = ['atomic_write', 'atomic_write_text', 'process_umask', 'make_shareable']
+__all__ = ['atomic_write', 'atomic_write_text', 'process_umask', 'make_shareable', 'exclusive_lock', 'LockedError']
 
 PathLike = Union[str, os.PathLike]
 
@@ -72,3 +73,48 @@ def atomic_write(
 def atomic_write_text(path: PathLike, text: str, replace: bool = True) -> Optional[Path]:
     """:func:`atomic_write` of ``text`` (UTF-8): results, tables, JSON."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'), replace=replace)
+
+
+class LockedError(OSError):
+    """The lock file is held by another live process, ``pid`` (None when it has not written its id yet)."""
+
+    def __init__(self, path: Path, pid: Optional[int]):
+        super().__init__(f'{path} is held by process {pid if pid is not None else "(unknown)"}')
+        self.path, self.pid = path, pid
+
+
+@contextmanager
+def exclusive_lock(path: PathLike) -> Iterator[None]:
+    """Hold the lock file ``path`` for the ``with`` block: created with this process's id in it, removed at the end.
+
+    A file held by a live process raises :class:`LockedError` at once (no waiting). The lock is the kernel's
+    (``fcntl.flock``), so a process that dies, even by SIGKILL, releases it: the file it leaves is taken over.
+    POSIX only.
+    """
+    import fcntl  # POSIX: imported here, so that the rest of this module imports anywhere
+
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode('ascii', 'replace').strip()
+            os.close(fd)
+            raise LockedError(path, int(text) if text.isdigit() else None) from None
+        try:  # the holder before us may have removed the file after we opened it: retry on the file now there
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f'{os.getpid()}\n'.encode('ascii'))
+        yield
+    finally:
+        try:  # while still holding it: a process that opened it meanwhile finds it removed, and retries
+            os.unlink(path)
+        except FileNotFoundError:  # its folder was removed under us
+            pass
+        os.close(fd)

@@ -11,18 +11,35 @@ stage of any CNN with NCHW features.
 """
 
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
 
-__all__ = ['TemplateMatching', 'EVIDENCE_POOLS', 'EVIDENCE_MODES', 'EMBEDDINGS']
+__all__ = [
+    'TemplateMatching', 'EVIDENCE_POOLS', 'EVIDENCE_MODES', 'EMBEDDINGS', 'CONFIG_KEY', 'CONFIG_FIELDS',
+    'tm_config_problem',
+]  # fmt: skip
 
 EVIDENCE_POOLS = ('logsumexp', 'max')
 EVIDENCE_MODES = ('gradient', 'logits')
-EMBEDDINGS = ('none', 'templates', 'classes', 'tied')
+EMBEDDINGS = ('none', 'templates', 'classes', 'tied', 'argmax')
+
+# A block's state_dict records its configuration under CONFIG_KEY (int64, one value per field of CONFIG_FIELDS), so
+# that weights made with other options are refused on load whatever loads them (load_state_dict, timm's loaders, EMA,
+# export): the same shapes with another evidence mode, pool or class layout would load and compute something else.
+# The options are stored as their position in EVIDENCE_MODES / EVIDENCE_POOLS / EMBEDDINGS: those tuples only ever
+# grow at their end (tests/test_layer.py pins the positions).
+CONFIG_KEY = 'tm_config'
+CONFIG_VERSION = 1
+CONFIG_FIELDS = ('version', 'evidence_mode', 'evidence_pool', 'embedding', 'templates_per_class', 'num_classes')
+_CONFIG_CHOICES = {'evidence_mode': EVIDENCE_MODES, 'evidence_pool': EVIDENCE_POOLS, 'embedding': EMBEDDINGS}
+CONFIG_ADVICE = (
+    'create the model with the TM options the weights were made with (num_classes is template_classes for a '
+    'num_classes=0 model)'
+)
 
 
 @register_notrace_function  # a leaf call under timm's FX tracer (feature extraction): shapes are not traceable
@@ -54,6 +71,10 @@ class TemplateMatching(nn.Module):
       it to its logits so that the labels reach the templates through any loss on the logits; with
       ``evidence_mode='gradient'`` (the default) its value is zero and only its gradient reaches the templates.
     * ``forward(x)``: B x C x H x W, ``x + embedding`` (see ``embedding``; ``x`` itself for ``'none'``).
+
+    Its state_dict records the block's configuration (``tm_config``: evidence mode, pool, embedding, m, N): loading
+    weights made with another one is refused with an error naming what differs. Weights without the record (timm
+    ResNet weights being converted, checkpoints saved before it existed) load as before.
     """
 
     def __init__(
@@ -88,7 +109,9 @@ class TemplateMatching(nn.Module):
                 gradient into the stage), 'templates' (BN + ReLU over the K scores, a zero-initialized 1x1
                 conv K -> C), 'classes' (a per-region softmax over the N classes, one learned, zero-initialized
                 vector per class), 'tied' (a per-region softmax over the K templates, the templates' own
-                directions, a zero-initialized per-channel scale).
+                directions, a zero-initialized per-channel scale), 'argmax' (as 'tied', with a hard assignment: each
+                region gets the direction of the one template it matches best; the softmax's gradient passes
+                through, straight-through).
             temperature_range: (min, max) of the temperature: it is clamped to it in the forward pass.
             eps: Smallest feature norm used in the cosine, so an all-zero region scores 0, not NaN.
             norm_layer: Normalization over the K scores for ``embedding='templates'``.
@@ -140,6 +163,7 @@ class TemplateMatching(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         requires_grad = self.log_temperature.requires_grad
         self.num_classes = num_classes
+        self.register_buffer(CONFIG_KEY, self._config_record(device), persistent=True)
         k = self.num_templates
         # templates as a 1x1 conv weight (K x C x 1 x 1): each kernel is a template
         self.templates = nn.Conv2d(self.channels, k, 1, bias=False, **dd)
@@ -147,7 +171,7 @@ class TemplateMatching(nn.Module):
         self.norm: Optional[nn.Module] = self._norm_layer(k, **dd) if self.embedding == 'templates' else None
         embed_in = {'templates': k, 'classes': self.num_classes}.get(self.embedding)
         self.embed: Optional[nn.Module] = nn.Conv2d(embed_in, self.channels, 1, bias=False, **dd) if embed_in else None
-        if self.embedding == 'tied':
+        if self.embedding in ('tied', 'argmax'):
             self.embed_scale = nn.Parameter(torch.empty(self.channels, **dd))
         else:
             self.register_parameter('embed_scale', None)
@@ -161,6 +185,52 @@ class TemplateMatching(nn.Module):
         for p in self.parameters():
             if p is not self.log_temperature and p is not self.evidence_weight:
                 p.requires_grad_(requires_grad)
+
+    def _config_record(self, device=None) -> torch.Tensor:
+        """The block's configuration as its state_dict records it: an int64 value per field of CONFIG_FIELDS."""
+        values = {'version': CONFIG_VERSION, 'templates_per_class': self.templates_per_class}
+        values.update({k: choices.index(getattr(self, k)) for k, choices in _CONFIG_CHOICES.items()})
+        values['num_classes'] = self.num_classes
+        return torch.tensor([values[f] for f in CONFIG_FIELDS], dtype=torch.int64, device=device)
+
+    @torch.jit.ignore
+    def config(self) -> Dict[str, Any]:
+        """The options that give the stored weights their meaning, as ``tm_config`` records them."""
+        return _decode_config(self._config_record())
+
+    @torch.jit.ignore
+    def config_problem(self, record: Any, classes: bool = True) -> Optional[str]:
+        """Why weights whose ``tm_config`` is ``record`` do not fit this block, or None: a clause such as "was made
+        with evidence_mode='logits', this model has evidence_mode='gradient'". ``classes=False`` leaves out the class
+        count (a fine-tuning start rebuilds the class-tied parts)."""
+        theirs, ours = _decode_config(record), self.config()
+        if theirs is None:
+            return f'records {CONFIG_KEY} {_shown(record)}, not a TM block configuration of this timm-tm version'
+        fields = [f for f in CONFIG_FIELDS[1:] if classes or f != 'num_classes']
+        differs = [f for f in fields if theirs[f] != ours[f]]
+        if not differs:
+            return None
+        return (
+            'was made with ' + ', '.join(f'{f}={theirs[f]!r}' for f in differs)
+            + ', this model has ' + ', '.join(f'{f}={ours[f]!r}' for f in differs)
+        )  # fmt: skip
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """torch's load, after checking the recorded configuration (a mismatch is an error, and nothing of this block
+        is copied); without a record (converted ResNet weights, older checkpoints) the block loads as before."""
+        key = prefix + CONFIG_KEY
+        if key in state_dict:
+            problem = self.config_problem(state_dict[key])
+            if problem:
+                error_msgs.append(f'TM block {prefix[:-1] or "(root)"} {problem}: {CONFIG_ADVICE}')
+                return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
 
     def zero_init_last(self) -> None:
         """Zero the embedding so the block is the identity (timm's ResNet calls this from init_weights)."""
@@ -234,8 +304,12 @@ class TemplateMatching(nn.Module):
                 assignment = torch.softmax(self.pool_classes(scores).float(), dim=1).to(scores.dtype)
             return x + embed(assignment)
         embed_scale = self.embed_scale
-        if embed_scale is not None:  # 'tied': the directions of the templates a region matches
-            assignment = torch.softmax(scores.float(), dim=1).to(x.dtype)
+        if embed_scale is not None:  # 'tied' / 'argmax': the directions of the templates a region matches
+            assignment = torch.softmax(scores.float(), dim=1)
+            if self.embedding == 'argmax':  # the best template only; the gradient is the softmax's (straight-through)
+                best = F.one_hot(assignment.argmax(dim=1), assignment.shape[1]).permute(0, 3, 1, 2)
+                assignment = best.to(assignment.dtype) + assignment - assignment.detach()
+            assignment = assignment.to(x.dtype)
             weight = self.templates.weight
             directions = F.normalize(weight.flatten(1), dim=1, eps=self.eps).to(x.dtype)  # K x C
             v = F.conv2d(assignment, directions.t()[:, :, None, None])
@@ -301,6 +375,42 @@ class TemplateMatching(nn.Module):
             f'templates_per_class={self.templates_per_class}, evidence_pool={self.evidence_pool!r}, '
             f'evidence_mode={self.evidence_mode!r}, embedding={self.embedding!r}'
         )
+
+
+def tm_config_problem(
+    blocks: Dict[str, TemplateMatching], state_dict: Dict[str, Any], classes: bool = True
+) -> Optional[str]:
+    """The first TM block (of ``blocks``, by module name) whose configuration recorded in ``state_dict`` differs from
+    its own, as one line naming the block and the options; None when every recorded one fits (or none is recorded).
+
+    A model checks this before it copies anything (``TemplateMatching`` itself checks it again as it loads).
+    """
+    for name, block in blocks.items():
+        key = f'{name}.{CONFIG_KEY}' if name else CONFIG_KEY
+        if key in state_dict:
+            problem = block.config_problem(state_dict[key], classes=classes)
+            if problem:
+                return f'its TM block {name} {problem}: {CONFIG_ADVICE}'
+    return None
+
+
+def _decode_config(record: Any) -> Optional[Dict[str, Any]]:
+    """A ``tm_config`` record as {field: value} (option names for the coded fields); None when it is not one."""
+    if not isinstance(record, torch.Tensor) or record.dtype.is_floating_point or record.shape != (len(CONFIG_FIELDS),):
+        return None
+    values = dict(zip(CONFIG_FIELDS, (int(v) for v in record.tolist())))
+    if values['version'] != CONFIG_VERSION:
+        return None
+    for field, choices in _CONFIG_CHOICES.items():
+        code = values[field]
+        values[field] = choices[code] if 0 <= code < len(choices) else f'<unknown code {code}>'
+    return values
+
+
+def _shown(record: Any) -> str:
+    if isinstance(record, torch.Tensor):
+        return f'{record.tolist()}' if record.numel() <= 16 else f'of shape {list(record.shape)}'
+    return type(record).__name__
 
 
 def _check_args(

@@ -11,7 +11,7 @@ card is typed by hand. Templates are looked up in this order:
 
 The shared sections (``${usage}``: classification, feature maps, image embeddings; ``${citation}``) live here once
 and are substituted into every template, as do the sentences the export writes from the run (:func:`training_text`,
-:func:`tm_details`, :func:`metrics_text`).
+:func:`tm_block_text`, :func:`tm_details`, :func:`metrics_text`).
 """
 
 import re
@@ -34,6 +34,7 @@ __all__ = [
     'training_text',
     'base_model_text',
     'base_weights_text',
+    'tm_block_text',
     'tm_details',
     'metrics_text',
 ]
@@ -54,6 +55,7 @@ CARD_FIELDS: Dict[str, str] = {
     'gmacs': 'GMACs at image_size (fvcore, as timm benchmark.py counts them)',
     'activations_m': 'activations, millions, at image_size',
     'image_size': 'input size the numbers are measured at, e.g. "32 x 32"',
+    'tm_block': 'what the exported TM blocks compute, in words (embedding, how the evidence reaches the logits)',
     'tm_details': 'TM block placement, templates per class, classes',
     'training': 'recipe read from the checkpoint (epochs, optimizer, lr, batch size, EMA)',
     'metrics': 'Markdown table of top-1 / top-5 from the run summary.csv, or a sentence saying none were given',
@@ -199,10 +201,7 @@ ${datasets_yaml}
 ${description}
 
 A `${architecture}`: ${base_model} with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
-ResNet Block", BMVC 2022). Each TM block scores every region of a feature map against class templates (cosine);
-its pooled class evidence reaches the logits (by default as gradient only, so the labels train the templates while
-the predictions stay the linear head's), and an optional embedding adds the matched templates back into the
-features.
+ResNet Block", BMVC 2022). ${tm_block}
 
 ## Model Details
 - **Model Type:** Image classification / feature backbone
@@ -329,6 +328,36 @@ def base_weights_text(args: Dict[str, Any]) -> str:
     if not source:
         return f'the pretrained weights of `{args.get("model")}`'
     return f'the pretrained weights of `{args.get("model")}` (`{source}`)'
+
+
+# what each embedding adds to a region's features, and how the class evidence reaches the logits, in words
+_EMBEDDING_TEXT = {
+    'none': 'adds nothing to the features (the evidence-only form: the templates learn from the labels alone)',
+    'tied': 'adds to every region the directions of the templates it matches (a softmax over the templates, scaled '
+    'per channel; residual)',
+    'argmax': 'adds to every region the direction of the one template it matches best (scaled per channel; residual)',
+    'templates': 'keeps the templates a region matches better than usual (BatchNorm + ReLU over the scores) and embeds '
+    'them back into the features (1x1 conv, residual)',
+    'classes': 'adds one learned vector per class, weighted by how well the region matches each class (a softmax '
+    'over the classes; residual)',
+}
+_EVIDENCE_TEXT = {
+    'gradient': "Each class's matching score, averaged over the regions, reaches the logits as gradient only: the "
+    "labels train the templates, and the predictions are the linear head's.",
+    'logits': "Each class's matching score, averaged over the regions and weighted, is added to the logits.",
+}
+
+
+def tm_block_text(model: nn.Module) -> str:
+    """What ``model``'s TM blocks compute, in two sentences written from the blocks themselves."""
+    blocks = model.tm_blocks() if hasattr(model, 'tm_blocks') else {}
+    if not blocks:
+        return 'This model has no TM block: it computes what its base model computes.'
+    first = next(iter(blocks.values()))
+    return (
+        'Each TM block scores every region of its feature map against per-class templates (cosine, learnable '
+        f'temperature) and {_EMBEDDING_TEXT[first.embedding]}. {_EVIDENCE_TEXT[first.evidence_mode]}'
+    )
 
 
 def tm_details(model: nn.Module) -> str:

@@ -5,8 +5,8 @@
     timm-tm push tm_resnet50.my_data --repo ORG/tm_resnet50.my_data [--dry-run]
 
 Only the files an export writes (``EXPORT_FILES``) are uploaded, after the checks that keep a broken folder off the
-Hub (missing files, links out of the folder, weights that fail their SHA-256). The token comes from the standard
-Hugging Face environment (``HF_TOKEN``, ``hf auth login``) and never appears in a message.
+Hub (missing files, symbolic or hard links to files outside the folder, weights that fail their SHA-256). The token
+comes from the standard Hugging Face environment (``HF_TOKEN``, ``hf auth login``) and never appears in a message.
 """
 
 from pathlib import Path
@@ -56,12 +56,33 @@ def _folder_files(folder: Path) -> Tuple[List[str], List[str]]:
         real = (folder / n).resolve()
         if root not in real.parents:
             raise PushError(f'{folder / n}: a link to {real}, outside {folder}; push uploads only files in the folder')
+        _check_no_outside_hard_link(folder, n)
     try:
         verify_weights_file(folder / WEIGHTS_NAME)
     except WeightsFileError as e:
         raise PushError(str(e)) from e
     others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES and p.name != '.git')
     return list(EXPORT_FILES), others
+
+
+def _check_no_outside_hard_link(folder: Path, name: str) -> None:
+    """Refuse ``folder / name`` when it is a hard link to a file that also has names outside ``folder``: such a file
+    is not the export's own (``export`` writes new files), and may be any file of the user's."""
+    st = (folder / name).stat()
+    inside = sum(1 for p in folder.iterdir() if _same_inode(p, st))
+    if st.st_nlink > inside:
+        raise PushError(
+            f'{folder / name}: a hard link to a file that has {st.st_nlink - inside} more name(s) outside {folder}; '
+            'push uploads only the files an export wrote (copy it, or export again)'
+        )
+
+
+def _same_inode(path: Path, st) -> bool:
+    try:
+        other = path.stat()
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _one_line(e: BaseException, token: Optional[str]) -> str:

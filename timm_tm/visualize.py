@@ -16,7 +16,8 @@ Label names come from ``--label-names FILE`` (one per line, or a JSON list / dic
 ``label_names`` entry, or the class folders / ``--class-map`` of the train.py run that wrote it, when still on
 disk), else the pretrained cfg (``label_names``, or timm's ImageNet class descriptions for ImageNet-sized
 ``--pretrained`` heads), else indices. The checkpoint is read as ``timm-tm export`` reads it
-(:mod:`timm_tm.checkpoints`). An output is never one of the inputs.
+(:mod:`timm_tm.checkpoints`). An output is never one of the inputs, and an existing file is replaced only with
+``--force`` and only when it is a picture this command wrote (a PNG tagged ``Software: timm-tm visualize``).
 """
 
 import argparse
@@ -45,8 +46,9 @@ from timm_tm.checkpoints import (
     read_label_names_file,
 )
 from timm_tm.class_maps import BlockClassMap, compute_class_maps_and_output, find_tm_blocks
-from timm_tm.cli import command_parser, first_line, report_error
+from timm_tm.cli import command_parser, first_line, one_line, report_error
 from timm_tm.files import atomic_write
+from timm_tm.layers import CONFIG_KEY
 
 __all__ = [
     'BestClassPanel',
@@ -61,6 +63,7 @@ __all__ = [
     'class_palette',
     'plot_class_maps',
     'figure_size',
+    'picture_size_problem',
     'main',
 ]
 
@@ -73,7 +76,11 @@ LEGEND_WIDTH = 0.9  # legend width, in panels
 CELL_LABELS_UP_TO = 64  # regions in a map whose best class is also written in each region
 MAX_LEGEND = 20  # classes named in a legend (by area); the rest are drawn in grey as 'other'
 OTHER_COLOR = (0.6, 0.6, 0.6)
-MAX_DPI = 600  # a picture is ~19 x 6 inches per two blocks: 600 dpi is already ~40 megapixels
+MAX_DPI = 600  # a picture is ~15 x 6 inches per two blocks: 600 dpi is already ~30 megapixels
+# the largest picture drawn: matplotlib's Agg canvas allocates width x height x 4 bytes at once (400 MB here)
+MAX_MEGAPIXELS = 100
+# the tag a picture of this command carries (a PNG text chunk): --force replaces only such a file
+SOFTWARE_TAG = 'timm-tm visualize'
 USE_EMA_WITHOUT_CHECKPOINT = '--use-ema picks the EMA weights of a --checkpoint: give one, or leave out --use-ema'
 
 
@@ -155,7 +162,8 @@ def _create_model(model_name: str, pretrained: bool, kwargs: Dict[str, Any]) -> 
 def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
     """``load_state_dict(strict=True)``, with a one-line summary of what does not fit instead of timm's page."""
     model_sd = model.state_dict()
-    missing = [k for k in model_sd if k not in state_dict]
+    # a TM block's configuration record is optional (checkpoints saved before it existed); checked when present
+    missing = [k for k in model_sd if k not in state_dict and not k.endswith('.' + CONFIG_KEY)]
     unexpected = [k for k in state_dict if k not in model_sd]
     shapes = [
         f'{k} {list(state_dict[k].shape)} vs {list(v.shape)}'
@@ -171,7 +179,10 @@ def _load_state_dict_or_explain(model: nn.Module, state_dict: Dict[str, torch.Te
         if shapes:
             parts.append(f'{len(shapes)} shape mismatches (e.g. {shapes[0]})')
         raise VisualizeError(f'{what}: ' + ', '.join(parts))
-    model.load_state_dict(state_dict, strict=True)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # the same keys and shapes with another meaning (a TM block's options)
+        raise VisualizeError(f'{what}: {one_line(e)}') from e
 
 
 def _check_finite_weights(model: nn.Module, source: str) -> None:
@@ -279,6 +290,20 @@ def figure_size(num_blocks: int, top_k: int) -> Tuple[float, float]:
     width = PANEL_INCHES * sum(_width_ratios(top_k)) + 0.8
     height = (PANEL_INCHES + TITLE_INCHES) * num_blocks + 0.4
     return width, height
+
+
+def picture_size_problem(num_blocks: int, top_k: int, dpi: int) -> Optional[str]:
+    """Why the picture of ``num_blocks`` TM blocks with ``top_k`` overlays per row is too large to draw at ``dpi``
+    (more than ``MAX_MEGAPIXELS``), in one line; None if it is not."""
+    width, height = (round(inches * dpi) for inches in figure_size(num_blocks, top_k))
+    megapixels = width * height / 1e6
+    if megapixels <= MAX_MEGAPIXELS:
+        return None
+    return (
+        f'--classes {top_k} --dpi {dpi}: the picture of {num_blocks} TM block(s) would be {width} x {height} pixels '
+        f'({megapixels:,.0f} megapixels, {4 * megapixels / 1e3:,.1f} GB to draw); the most is {MAX_MEGAPIXELS} '
+        'megapixels: lower --classes or --dpi'
+    )
 
 
 def _width_ratios(top_k: int) -> List[float]:
@@ -455,9 +480,40 @@ def plot_class_maps(
     return fig, panels
 
 
-def _save_png(fig, path: Path, dpi: int) -> None:
-    """Write the picture atomically: a killed run leaves the old picture or the new one, never half of one."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
+def _save_png(fig, path: Path, dpi: int, replace: bool = False) -> None:
+    """Write the picture atomically (a killed run leaves the old picture or the new one, never half of one), tagged
+    as this command's. Without ``replace``, a file that appeared at ``path`` meanwhile is kept, and so is the picture
+    (under a temporary name, given in the error)."""
+    metadata = {'Software': SOFTWARE_TAG}
+    kept = atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi, metadata=metadata), replace=replace)
+    if kept:
+        raise VisualizeError(f'--out: {path} appeared while drawing and is kept; the picture is in {kept}')
+
+
+def _written_by_visualize(path: Path) -> bool:
+    """True when ``path`` is a regular file holding a PNG tagged by this command (``SOFTWARE_TAG``)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as im:
+            return im.format == 'PNG' and im.info.get('Software') == SOFTWARE_TAG
+    except Exception:  # not an image, unreadable: not ours
+        return False
+
+
+def check_existing_outputs(outputs: Sequence[Path], force: bool) -> None:
+    """Refuse outputs that exist, unless ``force`` and each is a picture this command wrote: a file of the user's
+    (notes, a photo named like a picture, a folder) is never replaced."""
+    for out in outputs:
+        if not os.path.lexists(out):
+            continue
+        if not force:
+            raise VisualizeError(f'--out: {out} exists; pass --force to replace it, or write the picture elsewhere')
+        if not _written_by_visualize(out):
+            raise VisualizeError(
+                f'--out: {out} exists and is not a picture timm-tm visualize wrote (a PNG tagged Software: '
+                f'{SOFTWARE_TAG}); --force replaces only those: write the picture elsewhere'
+            )
 
 
 def output_paths(out: str, images: Sequence[str]) -> List[Path]:
@@ -594,6 +650,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--label-names', default=None, metavar='FILE', help='class names: one per line, or JSON')
     p.add_argument('--out', required=True, help='output PNG (or folder / prefix with several images)')
     p.add_argument('--dpi', type=int, default=100, help='resolution of the PNG (default 100)')
+    p.add_argument('--force', action='store_true', help='replace existing pictures that timm-tm visualize wrote')
     p.add_argument('--device', default='cpu', help='torch device (default cpu)')
     return p
 
@@ -620,6 +677,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     inputs.update({'--checkpoint': args.checkpoint, '--label-names': args.label_names})
     try:
         check_outputs(out_paths, inputs)
+        check_existing_outputs(out_paths, args.force)
     except VisualizeError as e:
         parser.error(str(e))
     return out_paths
@@ -653,7 +711,9 @@ def _prepare(args: argparse.Namespace) -> _Drawing:
     return _Drawing(model, device, label_names, data_config, transform)
 
 
-def _draw_images(drawing: _Drawing, images: Sequence[str], out_paths: Sequence[Path], top_k: int, dpi: int) -> int:
+def _draw_images(
+    drawing: _Drawing, images: Sequence[str], out_paths: Sequence[Path], top_k: int, dpi: int, force: bool = False
+) -> int:
     """Draw and save each image's picture; returns how many failed (each reported, the others still drawn)."""
     failed = 0
     for image_path, out_path in zip(images, out_paths):
@@ -662,7 +722,7 @@ def _draw_images(drawing: _Drawing, images: Sequence[str], out_paths: Sequence[P
                 drawing.model, drawing.transform, image_path, drawing.label_names, drawing.data_config,
                 top_k, dpi, str(drawing.device),
             )  # fmt: skip
-            _save_png(fig, out_path, dpi)
+            _save_png(fig, out_path, dpi, replace=force)
             print(f'{image_path} -> {out_path}')
         except VisualizeError as e:
             report_error(COMMAND, e)
@@ -683,9 +743,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         drawing = _prepare(args)
     except VisualizeError as e:
         return report_error(COMMAND, e)
+    num_blocks = len(find_tm_blocks(drawing.model))
+    problem = picture_size_problem(num_blocks, min(args.classes, len(drawing.label_names)), args.dpi)
+    if problem:  # known once the model is: a wrong argument all the same, refused before anything is drawn
+        parser.error(problem)
     if not args.checkpoint and not args.pretrained:
         _note('no --checkpoint or --pretrained: random weights, the maps show nothing learned')
-    return 1 if _draw_images(drawing, args.images, out_paths, args.classes, args.dpi) else 0
+    return 1 if _draw_images(drawing, args.images, out_paths, args.classes, args.dpi, args.force) else 0
 
 
 if __name__ == '__main__':

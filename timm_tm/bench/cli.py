@@ -3,6 +3,7 @@ a wrong argument exits 2 with argparse's usage and error line), the run's config
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
@@ -194,8 +195,10 @@ def _check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
-    if args.warmup < 0 or args.min_seconds < 0:
-        raise ValueError('--warmup and --min-seconds must be >= 0')
+    if args.warmup < 0:
+        raise ValueError(f'--warmup must be >= 0, got {args.warmup}')
+    if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):  # NaN passes every comparison
+        raise ValueError(f'--min-seconds must be a finite number >= 0, got {args.min_seconds}')
 
 
 def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:

@@ -11,8 +11,9 @@ Data: scikit-learn's digits (the default, installs with scikit-learn), cluttered
 MNIST digits that ship with the package (or another MNIST ``.npz``, ``--mnist-npz``), or any ImageFolder-layout
 folder with ``train/`` and ``val/`` (``--data-dir``, read with timm's ``create_dataset`` / ``create_loader``).
 
-Output, under ``--out``: ``results.json`` (every per-seed number, rewritten after each finished run, so an
-interrupted comparison keeps what it finished; ``--resume`` skips those), ``results.md`` (the table) and
+Output, under ``--out``: ``results.json`` (every per-seed number, written before the first run and rewritten after
+each finished one, so an interrupted comparison keeps what it finished; ``--resume`` skips those; the folder is
+locked while a comparison runs in it), ``results.md`` (the table) and
 ``results.png`` (final top-1 per seed and mean per variant) and ``curves.png`` (val top-1 per epoch, mean ± std
 over seeds per variant). Runs go ``--jobs`` at a time, each in its own process with ``--threads`` threads (one by
 default on the CPU), so per-seed numbers do not depend on how many run side by side.
@@ -25,11 +26,13 @@ Variant names: ``baseline``, or ``tm`` followed by ``-``-separated options that 
 * ``fixw``: evidence weight frozen at its initial value; ``noguide`` = ``w0`` + ``fixw`` (no label guidance)
 * ``t<float>``: initial temperature, e.g. ``tm-t30``
 * ``max`` / ``lse``: pooling of a class's templates into its evidence
-* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied``: the embedding (``none`` is the control whose blocks
-  change no feature: they only send the labels' gradient through the templates)
+* ``noembed`` / ``embtemplates`` / ``embclasses`` / ``embtied`` / ``embargmax``: the embedding (``none`` is the
+  control whose blocks change no feature: they only send the labels' gradient through the templates)
 * ``evgrad`` / ``evlogits``: the evidence reaches the logits as gradient only, or is added to them
 * ``ep<int>``: this variant's own epoch count (also ``baseline-ep<int>``: a baseline trained longer, the
   comparison at equal cost and the check that the baseline has plateaued)
+
+Two options that set the same thing (``tm-m1-m4``, ``tm-w1-noguide``, ``tm-embtied-embclasses``) are refused.
 
 The modules: ``variants`` (the names above), ``data`` (the two pipelines), ``training`` (one run),
 ``statistics`` (means, paired differences, verdicts), ``report`` (the files written and the table), ``runner``

@@ -6,6 +6,7 @@ horizontal flips, and an ImageFolder through timm's ``create_dataset`` / ``creat
 """
 
 import argparse
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,8 @@ def load_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data
     if args.dataset == 'fashion-mnist':  # the standard split: the 10,000 test images are the val split
         fashion = load_fashion_mnist(args.data_dir or None)
         splits = {
-            'train': _subsample(*fashion['train'], args.train_size, 0),
-            'val': _subsample(*fashion['test'], args.val_size, 0),
+            'train': _subsample(*fashion['train'], args.train_size, 'train'),
+            'val': _subsample(*fashion['test'], args.val_size, 'val'),
         }
         check_splits(splits['train'][1], splits['val'][1])
         return _array_data(args.dataset, splits, args, seed)
@@ -64,14 +65,16 @@ def load_data(args: argparse.Namespace, seed: int, device: torch.device) -> Data
     # a fixed split (and fixed clutter, seeds 1 / 2): seeds vary the models and the batch order, not the data
     splits = split_arrays(images, labels, val_fraction=0.2, seed=0)
     if args.dataset != 'digits':
+        splits = {split: _subsample(*splits[split], getattr(args, f'{split}_size'), split) for split in splits}
+        check_memory(sum(len(y) for _, y in splits.values()), args.canvas, 1, f'--canvas {args.canvas}', args.jobs)
         splits = {
-            'train': make_cluttered(*_subsample(*splits['train'], args.train_size, 0), canvas=args.canvas, seed=1),
-            'val': make_cluttered(*_subsample(*splits['val'], args.val_size, 0), canvas=args.canvas, seed=2),
+            'train': make_cluttered(*splits['train'], canvas=args.canvas, seed=1),
+            'val': make_cluttered(*splits['val'], canvas=args.canvas, seed=2),
         }
     elif args.train_size or args.val_size:
         splits = {
-            'train': _subsample(*splits['train'], args.train_size, 0),
-            'val': _subsample(*splits['val'], args.val_size, 0),
+            'train': _subsample(*splits['train'], args.train_size, 'train'),
+            'val': _subsample(*splits['val'], args.val_size, 'val'),
         }
     check_splits(splits['train'][1], splits['val'][1])
     return _array_data(args.dataset, splits, args, seed)
@@ -90,7 +93,9 @@ def check_splits(train_labels: np.ndarray, val_labels: np.ndarray) -> None:
 
 
 def check_image_folder(data_dir: str) -> None:
-    """Raise ValueError unless ``data_dir`` holds the ImageFolder splits ``train/`` and ``val/``."""
+    """Raise ValueError unless ``data_dir`` holds the ImageFolder splits ``train/`` and ``val/``, each a tree that
+    reaches every folder once (timm's reader follows symlinks: a loop, or a class folder linked into another,
+    would count images twice, or without end)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise ValueError(f'--data-dir {data_dir!r} is not a directory')
@@ -100,14 +105,48 @@ def check_image_folder(data_dir: str) -> None:
             f'--data-dir {data_dir!r} must hold ImageFolder splits train/ and val/ (one sub-folder per class); '
             f'missing: {", ".join(m + "/" for m in missing)}'
         )
+    for split in ('train', 'val'):
+        _check_tree(root / split)
 
 
-def _subsample(x: np.ndarray, y: np.ndarray, n: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """``n`` of the (image, label) pairs, drawn with ``seed``, in their original order (all of them for None)."""
-    if n is None or n >= len(y):
+def _check_tree(top: Path) -> None:
+    """Raise ValueError naming the first folder under ``top`` (symlinks followed) that leads to one seen before."""
+    seen = {os.path.realpath(top)}
+    for folder, subfolders, _ in os.walk(top, followlinks=True):
+        for name in subfolders:
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in seen:
+                raise ValueError(
+                    f'{os.path.join(folder, name)} leads to a folder read already ({real}): a symlink loop or a '
+                    'folder linked twice would count its images more than once'
+                )
+            seen.add(real)
+
+
+def _subsample(x: np.ndarray, y: np.ndarray, n: Optional[int], split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``n`` (``--train-size`` / ``--val-size``) of the (image, label) pairs of ``split``, a fixed draw, in their
+    original order (all of them for None). More than the split holds raises ValueError."""
+    if n is not None and n > len(y):
+        raise ValueError(f'--{split}-size {n}: the {split} split has only {len(y)} images')
+    if n is None or n == len(y):
         return x, y
-    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    idx = np.sort(np.random.default_rng(0).permutation(len(y))[:n])
     return x[idx], y[idx]
+
+
+def check_memory(num_images: int, side: int, bytes_per_pixel: int, what: str, runs: Optional[int] = 1) -> None:
+    """Raise ValueError, naming ``what``, when ``num_images`` side x side images (held by each of ``runs`` runs at
+    a time) would not fit in this machine's memory: a one-line refusal instead of an allocator failure."""
+    try:
+        total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (AttributeError, OSError, ValueError):  # no way to tell here
+        return
+    need = num_images * side * side * bytes_per_pixel * (runs or 1)
+    if need > total:
+        raise ValueError(
+            f'{what}: {num_images} images of {side} x {side} px take {need / 2**30:.1f} GiB in memory '
+            f'({runs or 1} run(s) at a time), more than this machine has ({total / 2**30:.1f} GiB)'
+        )
 
 
 def _resize(images: np.ndarray, size: int) -> torch.Tensor:
@@ -125,6 +164,10 @@ def _array_data(
     ``--shift``) and, with ``--hflip`` > 0, horizontal flips as augmentation."""
     x_train, y_train = splits['train']
     x_val, y_val = splits['val']
+    if x_train.min() == x_train.max():  # (and a division by a zero std below)
+        raise ValueError(f'every training pixel is {x_train.min()}: nothing to learn')
+    # float32, and a normalized copy: 8 bytes a pixel
+    check_memory(len(y_train) + len(y_val), args.img_size, 8, f'--img-size {args.img_size}', args.jobs)
     train_x, val_x = _resize(x_train, args.img_size), _resize(x_val, args.img_size)
     mean, std = train_x.mean().item(), train_x.std().item()
     train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
@@ -165,10 +208,21 @@ def _folder_data(args: argparse.Namespace, seed: int, device: torch.device) -> D
     """An ImageFolder dataset through timm's create_dataset / create_loader (RGB, ImageNet mean / std)."""
     check_image_folder(args.data_dir)
     ds_train = create_dataset('', root=args.data_dir, split='train', is_training=True)
-    ds_val = create_dataset('', root=args.data_dir, split='val', class_map=ds_train.reader.class_to_idx)
-    num_classes = len(ds_train.reader.class_to_idx)
+    classes = ds_train.reader.class_to_idx
+    # the val classes as val/ has them: with the train classes as its class map, timm drops the others' images
+    val_classes = create_dataset('', root=args.data_dir, split='val').reader.class_to_idx
+    ds_val = create_dataset('', root=args.data_dir, split='val', class_map=classes)
+    num_classes = len(classes)
     if len(ds_train) == 0 or len(ds_val) == 0:
         raise ValueError(f'--data-dir {args.data_dir!r}: no images found in train/ or val/')
+    if num_classes < 2:
+        raise ValueError(f'--data-dir {args.data_dir!r}: the training split has 1 class: a comparison needs at least 2')
+    unseen = sorted(set(val_classes) - set(classes))
+    if unseen:
+        raise ValueError(
+            f'--data-dir {args.data_dir!r}: val classes {unseen} have no training images: every val class must occur '
+            'in train'
+        )
     input_size = (3, args.img_size, args.img_size)
     prefetch = device.type == 'cuda'
     common = dict(num_workers=args.workers, device=device, use_prefetcher=prefetch, pin_memory=prefetch)

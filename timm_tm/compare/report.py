@@ -5,7 +5,7 @@ a crash, never finds half a file.
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -14,7 +14,8 @@ from timm_tm.files import atomic_write, atomic_write_text
 from .statistics import mean_curves
 
 __all__ = [
-    'RECIPE_KEYS', 'format_table', 'print_summary', 'write_json', 'write_markdown', 'write_plot', 'write_curves',
+    'RECIPE_KEYS', 'FOLDER_ONLY', 'recipe_keys', 'format_table', 'print_summary', 'write_json', 'write_markdown',
+    'write_plot', 'write_curves',
 ]  # fmt: skip
 
 # keys of the config that make the recipe: --resume reuses finished runs only when they agree; results.md lists them
@@ -22,10 +23,17 @@ RECIPE_KEYS = (
     'dataset', 'data_dir', 'mnist_npz', 'train_size', 'val_size', 'canvas', 'img_size', 'model', 'channels',
     'layers', 'epochs', 'batch_size', 'opt', 'lr', 'weight_decay', 'momentum', 'sched', 'warmup_epochs',
     'min_lr', 'smoothing', 'mixup', 'cutmix', 'shift', 'hflip', 'scale', 'color_jitter', 'auto_augment',
-    'reprob', 'amp', 'channels_last',
+    'reprob', 'workers', 'amp', 'channels_last', 'device', 'threads',
 )  # fmt: skip
-# augmentations that only the ImageFolder pipeline applies
-_FOLDER_ONLY = ('scale', 'color_jitter', 'auto_augment', 'reprob')
+# what only the ImageFolder pipeline uses (the loader's workers draw the augmentations: their count changes them)
+FOLDER_ONLY = ('scale', 'color_jitter', 'auto_augment', 'reprob', 'workers')
+
+
+def recipe_keys(dataset: str) -> Tuple[str, ...]:
+    """The ``RECIPE_KEYS`` that apply to ``dataset`` (a config's ``'dataset'``)."""
+    skip = {'canvas'} if dataset != 'cluttered-mnist' else set()
+    skip |= {'shift'} if dataset == 'folder' else set(FOLDER_ONLY)
+    return tuple(k for k in RECIPE_KEYS if k not in skip)
 
 
 def format_table(rows: List[Dict], reference: str = 'baseline') -> str:
@@ -75,11 +83,8 @@ def write_markdown(
     path: Path, config: Dict[str, Any], rows: List[Dict], reference: str = 'baseline', verdict_lines: Sequence[str] = ()
 ) -> None:
     """``results.md``: the table, the verdicts, the recipe and the command."""
-    # leave out the options that do not apply to this kind of dataset
-    skip = {'canvas'} if config['dataset'] != 'cluttered-mnist' else set()
-    skip |= {'shift'} if config['dataset'] == 'folder' else set(_FOLDER_ONLY)
     recipe = ', '.join(
-        f'{k}={config[k]}' for k in RECIPE_KEYS if k not in skip and config.get(k) not in (None, '', [], False)
+        f'{k}={config[k]}' for k in recipe_keys(config['dataset']) if config.get(k) not in (None, '', [], False)
     )
     text = (
         f'# timm-tm compare: {config["dataset"]}\n\n'

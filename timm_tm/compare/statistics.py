@@ -19,18 +19,22 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def _paired_p(diffs: Sequence[float]) -> Optional[float]:
-    """Two-sided paired t-test p-value of the per-seed differences (None for < 2 seeds or without scipy)."""
-    if len(diffs) < 2:
-        return None
+def _equal(diffs: Sequence[float]) -> bool:
+    """Whether every per-seed difference is the same (up to float rounding of top-1 percentages)."""
     d = np.asarray(diffs, dtype=np.float64)
-    if np.allclose(d, d[0]):
-        return 1.0 if d[0] == 0 else 0.0
+    return len(d) > 1 and bool(np.allclose(d, d[0]))
+
+
+def _paired_p(diffs: Sequence[float]) -> Optional[float]:
+    """Two-sided paired t-test p-value of the per-seed differences; None for < 2 seeds, for differences that are
+    all equal (zero variance: the t statistic is undefined, there is no p) and without scipy."""
+    if len(diffs) < 2 or _equal(diffs):
+        return None
     try:
         from scipy import stats  # optional: without it there is no p-value
     except ImportError:
         return None
-    return float(stats.ttest_1samp(d, 0.0).pvalue)
+    return float(stats.ttest_1samp(np.asarray(diffs, dtype=np.float64), 0.0).pvalue)
 
 
 def paired(runs: List[Dict[str, Any]], variant: str, reference: str) -> Optional[Dict[str, Any]]:
@@ -72,9 +76,13 @@ def summarize(runs: List[Dict[str, Any]], variants: Sequence[str], reference: st
 
 
 def verdict(d: Dict[str, Any], alpha: float = 0.05) -> str:
-    """One line in plain words, e.g. 'tm vs baseline: no significant difference (+0.12 points, p = 0.31, ...)'."""
+    """One line in plain words, e.g. 'tm vs baseline: no significant difference (+0.12 points, p = 0.31, ...)'.
+    Only a p below ``alpha`` makes a difference 'better' or 'worse'; without one (one seed, no scipy, every seed
+    apart by the same amount) it is 'no significant difference'."""
     p = d['p_value']
     p_s = 'p n/a' if p is None else f'p = {p:.3f}'
+    if _equal(d['diffs']):  # no spread: a t-test cannot say anything, however many seeds agree
+        p_s += ': every seed gives the same top-1' if d['diffs'][0] == 0 else ': every seed differs by the same amount'
     n = len(d['diffs'])
     if p is None or p >= alpha or d['mean'] == 0:
         what = 'no significant difference'

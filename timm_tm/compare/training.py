@@ -20,7 +20,7 @@ from timm.scheduler import create_scheduler_v2
 from .data import Data, load_data, seed_everything
 from .variants import Variant
 
-__all__ = ['build_model', 'evaluate', 'train_one', 'train_in_worker', 'log_to']
+__all__ = ['model_kwargs', 'build_model', 'check_model', 'evaluate', 'train_one', 'log_to']
 
 Log = Callable[[str], None]
 
@@ -34,8 +34,8 @@ class _Optimization(NamedTuple):
     mixup: Optional[Mixup]
 
 
-def build_model(variant: Variant, args: argparse.Namespace, num_classes: int, in_chans: int, seed: int) -> nn.Module:
-    """The variant's model; for one seed every variant's backbone and head start from the same weights."""
+def model_kwargs(variant: Variant, args: argparse.Namespace, num_classes: int, in_chans: int) -> Dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments of ``variant`` under the recipe ``args``."""
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans)
     if args.channels:
         kwargs['channels'] = tuple(args.channels)
@@ -43,12 +43,26 @@ def build_model(variant: Variant, args: argparse.Namespace, num_classes: int, in
     if args.layers:
         kwargs['layers'] = tuple(args.layers)
     kwargs.update(variant.model_kwargs)
+    return kwargs
+
+
+def build_model(variant: Variant, args: argparse.Namespace, num_classes: int, in_chans: int, seed: int) -> nn.Module:
+    """The variant's model; for one seed every variant's backbone and head start from the same weights."""
+    kwargs = model_kwargs(variant, args, num_classes, in_chans)
     seed_everything(seed)
     model = timm.create_model(args.model, **kwargs)
     if variant.freeze_evidence_weight:
         for tm in model.tm_blocks().values():
             tm.evidence_weight.requires_grad_(False)
     return model
+
+
+def check_model(variant: Variant, args: argparse.Namespace, num_classes: int, in_chans: int) -> None:
+    """Build ``variant``'s model on the meta device (no memory, no random draw) and pass it a batch of two
+    ``--img-size`` images: a keyword the model refuses (``tm-t100``) or an input it cannot take raises here."""
+    with torch.device('meta'):
+        model = timm.create_model(args.model, **model_kwargs(variant, args, num_classes, in_chans))
+        model(torch.empty(2, in_chans, args.img_size, args.img_size))
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -169,13 +183,6 @@ def train_one(variant: Variant, seed: int, args: argparse.Namespace, device: tor
         'num_train': data.num_train,
         'num_val': data.num_val,
     }
-
-
-def train_in_worker(variant: Variant, seed: int, args: argparse.Namespace, device: str, log_path: str) -> Dict:
-    """One run in a worker process (``--jobs`` > 1): its own thread count, its log lines appended to the log."""
-    torch.set_num_threads(max(1, args.threads))
-    with open(log_path, 'a') as f:
-        return train_one(variant, seed, args, torch.device(device), log_to(f))
 
 
 def log_to(f: TextIO) -> Log:

@@ -16,7 +16,11 @@ DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-embtied')
 ABLATION_VARIANTS = ('baseline', 'tm', 'tm-noguide', 'tm-w0', 'tm-fixw', 'tm-m2', 'tm-m4', 'tm-s4')
 
 # option token -> the model's ``embedding`` argument
-_EMBED_TOKENS = {'noembed': 'none', 'embtemplates': 'templates', 'embclasses': 'classes', 'embtied': 'tied'}
+_EMBED_TOKENS = {
+    'noembed': 'none', 'embtemplates': 'templates', 'embclasses': 'classes', 'embtied': 'tied', 'embargmax': 'argmax',
+}  # fmt: skip
+# what an option sets besides model keyword arguments (the names the error for two options that set it gives)
+_EPOCHS, _FREEZE = 'epochs', 'the frozen evidence weight'
 
 
 @dataclass(frozen=True)
@@ -35,27 +39,39 @@ class Variant:
 
 
 def parse_variant(name: str) -> Variant:
-    """``'baseline[-ep<int>]'`` or ``'tm[-option...]'`` (see the module docstring) -> Variant. Raises ValueError."""
+    """``'baseline[-ep<int>]'`` or ``'tm[-option...]'`` (see the module docstring) -> Variant. Raises ValueError,
+    also for two options that set the same thing (``tm-m1-m4``, ``tm-w1-noguide``): the last one would win."""
     parts = name.split('-')
     if parts[0] not in ('baseline', 'tm'):
         raise ValueError(f"unknown variant {name!r}: expected 'baseline' or 'tm[-option...]' (e.g. tm-noembed)")
-    kwargs: Dict[str, Any] = {'tm_stages': ()} if parts[0] == 'baseline' else {}
-    freeze = False
-    epochs = None
+    settings: Dict[str, Any] = {}
+    set_by: Dict[str, str] = {}
     for tok in parts[1:]:
-        if m := re.fullmatch(r'ep(\d+)', tok):
-            if int(m.group(1)) < 1:
-                raise ValueError(f'variant {name!r}: epochs must be >= 1, got {tok!r}')
-            epochs = int(m.group(1))
-        elif parts[0] == 'baseline':
-            raise ValueError(f'unknown option {tok!r} in variant {name!r}: the baseline takes only ep<int>')
-        elif tok in ('fixw', 'noguide'):
-            freeze = True
-            if tok == 'noguide':  # no label guidance: w frozen at 0
-                kwargs['evidence_weight_init'] = 0.0
-        else:
-            kwargs.update(_tm_option(name, tok))
-    return Variant(name, kwargs, freeze, epochs)
+        for key, value in _option(name, parts[0], tok).items():
+            if key in set_by:
+                raise ValueError(f'variant {name!r}: {set_by[key]!r} and {tok!r} both set {key}: keep one')
+            set_by[key] = tok
+            settings[key] = value
+    epochs = settings.pop(_EPOCHS, None)
+    freeze = settings.pop(_FREEZE, False)
+    kwargs = {'tm_stages': ()} if parts[0] == 'baseline' else {}
+    return Variant(name, {**kwargs, **settings}, freeze, epochs)
+
+
+def _option(name: str, kind: str, tok: str) -> Dict[str, Any]:
+    """What one option ``tok`` of the variant ``name`` (``kind`` 'baseline' or 'tm') sets: model keyword
+    arguments, and the variant's own epochs / frozen w under ``_EPOCHS`` / ``_FREEZE``. Raises ValueError."""
+    if m := re.fullmatch(r'ep(\d+)', tok):
+        if int(m.group(1)) < 1:
+            raise ValueError(f'variant {name!r}: epochs must be >= 1, got {tok!r}')
+        return {_EPOCHS: int(m.group(1))}
+    if kind == 'baseline':
+        raise ValueError(f'unknown option {tok!r} in variant {name!r}: the baseline takes only ep<int>')
+    if tok == 'fixw':
+        return {_FREEZE: True}
+    if tok == 'noguide':  # no label guidance: w frozen at 0
+        return {_FREEZE: True, 'evidence_weight_init': 0.0}
+    return _tm_option(name, tok)
 
 
 def _tm_option(name: str, tok: str) -> Dict[str, Any]:

@@ -33,7 +33,15 @@ from timm.models import (
 )
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_finite, check_input_shape, check_int
+from timm_tm.layers import (
+    CONFIG_KEY,
+    EMBEDDINGS,
+    TemplateMatching,
+    check_finite,
+    check_input_shape,
+    check_int,
+    tm_config_problem,
+)
 from timm_tm.pretrained import prepare_pretrained, tm_weight_cfgs
 
 __all__ = ['TemplateMatchingResNet', 'TemplateMatchingStage', 'convert_resnet_state_dict', 'TM_ARCHS']
@@ -131,7 +139,7 @@ class TemplateMatchingResNet(ResNet):
             evidence_pool: Pooling of a class's templates: 'logsumexp' or 'max'.
             evidence_mode: 'gradient' (the evidence reaches the logits as gradient only: predictions are the
                 head's) or 'logits' (the evidence is added to the logits); see :class:`TemplateMatching`.
-            embedding: What each TM block adds to the features: 'none', 'templates', 'classes' or 'tied'.
+            embedding: What each TM block adds to the features: 'none', 'templates', 'classes', 'tied' or 'argmax'.
             small_stem: A 3x3 stride-1 stem conv and no max-pool (output stride 8) for 32-64 px images.
         """
         tm_stages = _check_tm_args(
@@ -258,18 +266,23 @@ class TemplateMatchingResNet(ResNet):
         """Load a tm_resnet state_dict, or a timm ResNet one (converted by :func:`convert_resnet_state_dict`).
 
         A state_dict with none of this model's TM entries but its other keys is read as a timm ResNet's, so
-        timm's ``load_checkpoint`` (train.py ``--initial-checkpoint``) starts from ResNet weights. Keys and shapes
-        are checked before anything is copied: a load that fails leaves the model untouched, and its error names
-        the missing, unexpected and mis-shaped keys, the TM ones called out as such.
+        timm's ``load_checkpoint`` (train.py ``--initial-checkpoint``) starts from ResNet weights. Keys, shapes and
+        the TM blocks' recorded configuration are checked before anything is copied: a load that fails leaves the
+        model untouched, and its error names the missing, unexpected and mis-shaped keys, the TM ones called out as
+        such, or the TM options that differ.
         """
         own = self.state_dict()
-        tm_keys = set(_tm_keys(own, self.tm_blocks()))
+        blocks = self.tm_blocks()
+        tm_keys = set(_tm_keys(own, blocks))
         converted = bool(tm_keys) and not any(k in tm_keys for k in state_dict) and any(k in own for k in state_dict)
         if converted:
             state_dict = convert_resnet_state_dict(dict(state_dict), self)
         errors = _state_dict_errors(self, own, state_dict, strict, converted)
         if errors:
             raise RuntimeError(errors)
+        problem = tm_config_problem(blocks, state_dict)  # the same shapes with another meaning
+        if problem:
+            raise RuntimeError(f'The checkpoint does not fit {type(self).__name__} (nothing was loaded): {problem}')
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -323,7 +336,8 @@ def _state_dict_errors(
     max_keys: int = 12,
 ) -> str:
     """What keeps ``state_dict`` from loading into ``model`` (torch's checks, TM keys apart); '' if nothing."""
-    missing = [k for k in own if k not in state_dict] if strict else []
+    # a TM block's configuration record is optional (older checkpoints lack it)
+    missing = [k for k in own if k not in state_dict and not k.endswith('.' + CONFIG_KEY)] if strict else []
     unexpected = [k for k in state_dict if k not in own] if strict else []
     mismatched = [
         k
@@ -452,9 +466,10 @@ def _tm_config_problems(
             problems.append(f'{where}: create the model (architecture) that the checkpoint was made with')
     shared = [n for n in source_tm if n in blocks]
     for name in shared:
-        # num_batches_tracked: older checkpoints lack it, and BatchNorm loads them without it
-        own = {k for k in model_sd if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
-        theirs = {k for k in state_dict if k.startswith(name + '.') and not k.endswith('num_batches_tracked')}
+        # num_batches_tracked and the configuration record: older checkpoints lack them, and load without them
+        optional = ('num_batches_tracked', CONFIG_KEY)
+        own = {k for k in model_sd if k.startswith(name + '.') and not k.endswith(optional)}
+        theirs = {k for k in state_dict if k.startswith(name + '.') and not k.endswith(optional)}
         if own != theirs:
             differs = ' and '.join(
                 f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
@@ -471,6 +486,13 @@ def _tm_config_problems(
         if problem:
             problems.append(problem)
             break
+    # the recorded options; the class count only where it cannot be adapted (no head, or the same one)
+    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
+    problem = tm_config_problem(
+        {n: blocks[n] for n in shared}, state_dict, classes=source_classes in (None, model_classes)
+    )
+    if problem and not problems:
+        problems.append(problem)
     return problems
 
 
@@ -518,6 +540,9 @@ def _fill_tm_entries(
     out, refreshed = dict(state_dict), []
     for k in _tm_keys(model_sd, blocks):
         src = state_dict.get(k)
+        if k.endswith('.' + CONFIG_KEY):  # checked by _tm_config_problems: the model's own, for its class count
+            out[k] = model_sd[k].detach().clone()
+            continue
         if src is not None and (src.shape == model_sd[k].shape or not class_change):
             continue  # a mis-shaped entry with the same class count is load_state_dict's to report
         v = model_sd[k].detach().clone()
