@@ -308,7 +308,7 @@ def test_evidence_reaches_the_logits_and_forward_head_adds_it(variant):
 
 def test_a_checkpoint_of_another_placement_or_family_is_refused_naming_it(tmp_path):
     source = timm.create_model('tm_convnext_tiny', num_classes=10)  # blocks after stages 2 and 3
-    model = timm.create_model('tm_convnext_tiny', num_classes=10, tm_stages=(3,))
+    model = timm.create_model('tm_convnext_tiny', num_classes=10, tm_stages=(3,), embedding='none')
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(RuntimeError, match=r'stages\.2\.tm\.block, stages\.3\.tm\.block.*tm_stages=\(2, 3\)'):
         model.load_state_dict(source.state_dict())
@@ -325,6 +325,11 @@ def test_a_checkpoint_of_another_placement_or_family_is_refused_naming_it(tmp_pa
     tied = timm.create_model('tm_convnext_tiny', num_classes=10, tm_stages=(3,), embedding='tied').state_dict()
     with pytest.raises(RuntimeError, match=r"embed_scale.*embedding='none'"):
         model.load_state_dict(tied)
+    logits_mode = timm.create_model('tm_convnext_tiny', num_classes=10, tm_stages=(3,), embedding='none',
+                                     evidence_mode='logits')  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"stages\.3\.tm\.block was made with evidence_mode='logits'") as e:
+        model.load_state_dict(logits_mode.state_dict())  # the same keys and shapes: only tm_config tells them apart
+    assert '\n' not in str(e.value)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing was loaded
 
 

@@ -43,7 +43,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
-from timm_tm.layers import EMBEDDINGS, TemplateMatching, check_int
+from timm_tm.layers import CONFIG_KEY, EMBEDDINGS, TemplateMatching, check_int, tm_config_problem
 from timm_tm.models.tm_resnet import _fill_tm_entries, _source_tm_blocks, _tm_keys
 from timm_tm.pretrained import prepare_pretrained
 
@@ -445,12 +445,11 @@ def _tm_config_problems(
         else:
             problems.append(f'{where}: create the model with tm_stages={tuple(sorted(stages))}')
     shared = [n for n in source_tm if n in blocks]
+    optional = ('num_batches_tracked', CONFIG_KEY)  # older checkpoints lack them, and load without them
     for name in shared:
-        own = {k for k in blocks[name].state_dict() if not k.endswith('num_batches_tracked')}
+        own = {k for k in blocks[name].state_dict() if not k.endswith(optional)}
         prefix = name + '.'
-        theirs = {
-            k[len(prefix) :] for k in state_dict if k.startswith(prefix) and not k.endswith('num_batches_tracked')
-        }
+        theirs = {k[len(prefix) :] for k in state_dict if k.startswith(prefix) and not k.endswith(optional)}
         if own != theirs:
             differs = ' and '.join(
                 f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
@@ -466,6 +465,13 @@ def _tm_config_problems(
         if problem:
             problems.append(problem)
             break
+    # the recorded options (tm_config); the class count only where it cannot be adapted (no head, or the same one)
+    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
+    problem = tm_config_problem(
+        {n: blocks[n] for n in shared}, state_dict, classes=source_classes in (None, model_classes)
+    )
+    if problem and not problems:
+        problems.append(problem)
     return problems
 
 
@@ -504,7 +510,8 @@ def _load_errors(
     max_keys: int = 12,
 ) -> str:
     """What keeps ``state_dict`` from loading into ``model`` (torch's checks, TM keys apart); '' if nothing."""
-    missing = [k for k in own if k not in state_dict] if strict else []
+    # a TM block's configuration record is optional (checkpoints saved before it existed)
+    missing = [k for k in own if k not in state_dict and not k.endswith('.' + CONFIG_KEY)] if strict else []
     unexpected = [k for k in state_dict if k not in own] if strict else []
     mismatched = [
         k
