@@ -137,8 +137,8 @@ def test_class_maps_and_pictures_of_other_timm_cnns(name, tmp_path, capsys):
         )
     for m in maps.values():
         assert m.class_map.shape[:2] == (2, 7) and m.best_class.shape == (2, *m.class_map.shape[-2:])
-    weights = tmp_path / 'weights.pth'
-    torch.save(model.state_dict(), weights)
+    weights = tmp_path / 'weights.pth'  # the default TM options: the recorded tm_config must fit --model's
+    torch.save(timm.create_model(name, num_classes=7).state_dict(), weights)
     image = tmp_path / 'image.png'
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(image)
     rc, err = _run_main(capsys, image, '--model', name, '--checkpoint', weights, '--out', tmp_path / 'maps.png')
