@@ -1,5 +1,5 @@
-"""A tm_* model against the timm model it is built on (tm_resnetX against resnetX, ...), side by side: throughput, peak
-memory, params and GMACs.
+"""Each tm_X against timm's X (resnet50d, convnext_tiny, ...), side by side: throughput, peak memory, params and
+GMACs.
 
 Same as ``timm-tm bench``; ``python benchmarks/throughput.py --help`` lists the options, e.g.::
 

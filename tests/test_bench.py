@@ -88,6 +88,7 @@ def test_scale_sweep_grows_with_templates(tmp_path):
     'argv,message',
     [
         (['--models', '7'], '--models'),
+        (['--models', 'resnet50s'], '--models'),
         (['--modes', 'fast'], '--modes'),
         (['--batch-size', '0'], '--batch-size'),
         (['--device', 'tpu'], '--device'),
@@ -118,9 +119,32 @@ def test_parse_models():
     assert parse_models('convnext_tiny,tm_regnety_016,efficientnet_b0') == [
         'tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0'
     ]  # fmt: skip
-    for bad in ('7', 'resnet18_small', 'mobilenetv3_large_100'):  # no tm_* model: one built on no timm model
-        with pytest.raises(ValueError, match=f'--models: {bad!r}'):
+    assert parse_models('resnet50d, tm_seresnext50_32x4d,wide_resnet50_2') == [
+        'tm_resnet50d',
+        'tm_seresnext50_32x4d',
+        'tm_wide_resnet50_2',
+    ]
+    for bad in ('resnet50s', 'tm_resnet18_small', '7'):  # not in the family; no twin in timm; no such depth
+        with pytest.raises(ValueError, match=f"--models: '{bad}' is none of resnet18, resnet26, .*resnet50d"):
             parse_models(bad)
+    for bad in ('resnet18_small', 'mobilenetv3_large_100'):  # no tm_* model: one built on no timm model
+        with pytest.raises(ValueError, match=f'--models: {bad!r} is none of .*resnet50d, .*convnext_tiny'):
+            parse_models(bad)
+
+
+def test_a_variant_is_benched_against_its_base_side_by_side(tmp_path, capsys):
+    """tm_resnet18d against timm's resnet18d (not resnet18): both in the results and the printed table."""
+    pytest.importorskip('fvcore')
+    out = tmp_path / 'bench.json'
+    argv = ['--models', 'resnet18d', '--rounds', '1', '--modes', 'infer', '--no-memory', '--num-classes', '10']
+    assert main([*argv, *TINY, '-o', str(out)]) == 0
+    assert '| tm_resnet18d / resnet18d | eager |' in capsys.readouterr().out
+    (pair,) = json.loads(out.read_text())['pairs']
+    assert (pair['tm_model'], pair['base_model']) == ('tm_resnet18d', 'resnet18d')
+    extra = _tm_params([(256, 10), (512, 10)])  # the same backbone: the TM blocks are the only difference
+    assert pair['profile']['tm']['params_m'] * 1e6 - pair['profile']['base']['params_m'] * 1e6 == pytest.approx(
+        extra, abs=0.5
+    )
 
 
 def test_a_new_family_against_its_base_side_by_side(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Exactness: tm_resnetX carrying timm resnetX's weights computes exactly what resnetX computes.
+"""Exactness: each tm_X of the family carrying timm X's weights computes exactly what X computes.
 
 Both ways a user gets there: ``convert_resnet_state_dict`` by hand, and timm's own pretrained loader
 (``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=...)``, which runs the models' ``pretrained_filter_fn``)
@@ -16,8 +16,9 @@ import torch.nn as nn
 from conftest import randomize_tm_embeddings, tm_at_identity
 
 from timm_tm import TemplateMatching, convert_resnet_state_dict
+from timm_tm.models.tm_resnet import TM_ARCHS, tm_baseline
 
-DEPTHS = (18, 26, 34, 50, 101, 152)
+FAMILY = [name for name in TM_ARCHS if not tm_baseline(name)[1]]  # the tm_X whose base is timm's X
 IMG = 64
 
 # the 'tied' embedding: blocks that would change the features unless the conversion zeroes them (the default
@@ -48,37 +49,35 @@ def _assert_tm_at_identity(model: nn.Module) -> None:
     assert tm_at_identity(model)
 
 
-@pytest.mark.parametrize('depth', DEPTHS)
-def test_tm_resnet_with_resnet_weights_gives_resnet_logits(depth, tmp_path):
-    resnet = _resnet(f'resnet{depth}')
+@pytest.mark.parametrize('name', FAMILY)
+def test_tm_model_with_its_base_weights_gives_the_base_logits(name, tmp_path):
+    base = tm_baseline(name)[0]
+    resnet = _resnet(base)
     resnet_sd = resnet.state_dict()
     x = torch.randn(2, 3, IMG, IMG)
     with torch.no_grad():
         ref = resnet(x)
         ref_features = resnet.forward_features(x)
-    assert ref.std() > 0.1  # a non-degenerate reference
+    assert ref.std() > 0.05 and not torch.allclose(ref[0], ref[1])  # a non-degenerate reference
 
     # by hand: convert_resnet_state_dict
-    tm = randomize_tm_embeddings(timm.create_model(f'tm_resnet{depth}', **TIED)).eval()
+    tm = randomize_tm_embeddings(timm.create_model(name, **TIED)).eval()
     assert not tm_at_identity(tm)  # the conversion, not the fresh init, must set the blocks to identity
     converted = convert_resnet_state_dict(resnet_sd, tm)
     assert all(torch.equal(converted[k], v) for k, v in resnet_sd.items())  # ResNet weights pass through as they are
     tm.load_state_dict(converted)
     _assert_tm_at_identity(tm)
-    with torch.no_grad():
-        torch.testing.assert_close(tm(x), ref, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(tm.forward_features(x), ref_features, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # exactly: the TM blocks at identity add zeros to the same computation
+        assert torch.equal(tm(x), ref) and torch.equal(tm.forward_features(x), ref_features)
     del tm
 
-    # timm's real loader, offline: the saved resnetX file goes through the tm_resnetX pretrained_filter_fn
-    path = tmp_path / f'resnet{depth}.safetensors'
+    # timm's real loader, offline: the saved X file goes through tm_X's pretrained_filter_fn
+    path = tmp_path / f'{base}.safetensors'
     safetensors.torch.save_file(resnet_sd, str(path))
-    tm = timm.create_model(
-        f'tm_resnet{depth}', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TIED
-    ).eval()
+    tm = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TIED).eval()
     _assert_tm_at_identity(tm)
     with torch.no_grad():
-        torch.testing.assert_close(tm(x), ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(tm(x), ref)
 
 
 def test_pretrained_loader_torch_file_and_other_num_classes(tmp_path):

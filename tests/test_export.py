@@ -144,7 +144,8 @@ def test_export_plain_weights_and_model_kwargs_from_a_bare_state_dict(tmp_path):
     assert config['model_args']['templates_per_class'] == 2 and config['num_classes'] == 4
     card = (out / 'README.md').read_text()
     assert 'no accuracy is claimed' in card
-    assert "A `tm_resnet18_small`: timm's ResNet with template-matching" in card  # the packaged default card
+    assert 'A `tm_resnet18_small`: a timm CNN (the base model below) with template-matching' in card  # the default card
+    assert '**Base model:** `tm_resnet18_small` with `tm_stages=()`' in card
     x = torch.randn(2, 3, 32, 32)
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert torch.equal(_logits(loaded, x), _logits(model, x))
@@ -165,11 +166,9 @@ def test_export_of_another_timm_cnn_names_its_base_model_and_weights(tmp_path):
     out = tmp_path / 'out'
     assert export_main([str(tmp_path / 'last.pth.tar'), '--model', 'tm_efficientnet_b0', '--out', str(out)]) == 0
     card = (out / 'README.md').read_text()
-    assert "A `tm_efficientnet_b0`: timm's `efficientnet_b0` with template-matching" in card
-    assert (
-        'training started from the pretrained weights of `tm_efficientnet_b0.ra_in1k` (`timm/efficientnet_b0.ra_in1k`)'
-        in card
-    )
+    assert "**Base model:** timm's `efficientnet_b0` (the same network without the TM blocks)" in card
+    assert "**Initial weights:** `timm/efficientnet_b0.ra_in1k`, timm's own weights of the base" in card
+    assert yaml.safe_load(card.split('---')[1])['base_model'] == 'timm/efficientnet_b0.ra_in1k'
     assert 'blocks after blocks.6.1' in card
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(_logits(timm.create_model(f'local-dir:{out}', pretrained=True), x), _logits(model, x))
@@ -406,7 +405,9 @@ def test_wrong_model_checkpoint_error_names_keys(tmp_path, capsys):
     rc = export_main([str(tmp_path / 'r50.pth.tar'), '--model', 'tm_resnet18', '--out', str(tmp_path / 'out')])
     assert rc == 1
     err = capsys.readouterr().err
-    assert str(tmp_path / 'r50.pth.tar') in err and 'layer1.0.conv3.weight' in err
+    # another architecture of the family: named, with what differs (the keys, for any other: test_training)
+    assert str(tmp_path / 'r50.pth.tar') in err and "its backbone is resnet50's" in err
+    assert 'block Bottleneck vs BasicBlock' in err and 'create tm_resnet50 to load it' in err
     assert err.count('\n') == 1 and err.startswith('timm-tm export: error: ')  # it was three lines (issue 17)
     assert not (tmp_path / 'out').exists()
 
@@ -490,6 +491,57 @@ def test_label_names_json_with_gaps_or_repeated_indices_is_refused(tmp_path, cap
     assert read_label_names_file(path) == ['a', 'b']
 
 
+def test_a_variant_fine_tuned_from_a_tag_exports_naming_its_base_and_weights(tmp_path, capsys):
+    """A run of train.py --model tm_resnet18d.ra2_in1k --pretrained: exported as tm_resnet18d (its own weights, not
+    the tag's), the card naming the base (timm's resnet18d) and the weights it started from, in its front matter too."""
+    import argparse
+
+    model = timm.create_model('tm_resnet18d', num_classes=5).eval()
+    args = argparse.Namespace(
+        model='tm_resnet18d.ra2_in1k', pretrained=True, num_classes=5, epochs=3, data_dir='/d/pets'
+    )
+    torch.save({'state_dict': model.state_dict(), 'args': args, 'epoch': 2}, tmp_path / 'last.pth.tar')
+    out = tmp_path / 'out'
+    assert export_main([str(tmp_path / 'last.pth.tar'), '--out', str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / 'config.json').read_text())['architecture'] == 'tm_resnet18d'
+    card = (out / 'README.md').read_text()
+    assert yaml.safe_load(card.split('---')[1])['base_model'] == 'timm/resnet18d.ra2_in1k'
+    assert "**Base model:** timm's `resnet18d` (the same network without the TM blocks)" in card
+    assert "**Initial weights:** `timm/resnet18d.ra2_in1k`, timm's own weights of the base" in card
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(_logits(timm.create_model(f'local-dir:{out}', pretrained=True), x), _logits(model, x))
+
+
+@pytest.mark.parametrize(
+    'args, text, hub',
+    [
+        ({}, 'not recorded in the checkpoint', None),
+        ({'model': 'tm_resnet50d', 'pretrained': False}, 'none: trained from random initialization', None),
+        ({'model': 'tm_resnet50d', 'pretrained': True}, '`timm/resnet50d.ra2_in1k`', 'timm/resnet50d.ra2_in1k'),
+        ({'model': 'tm_seresnext50_32x4d', 'pretrained': True}, 'tag `tm_seresnext50_32x4d.racm_in1k`', 'timm/'),
+        ({'model': 'tm_resnet50.tm_in1k', 'pretrained': True}, 'the pretrained tag `tm_resnet50.tm_in1k`', None),
+        (
+            {'model': 'x', 'initial_checkpoint': '/r/resnet50d.pth'},
+            '`resnet50d.pth` (train.py --initial-checkpoint)',
+            None,
+        ),
+        ({'model': 'x', 'pretrained': True, 'pretrained_path': '/w/a.safetensors'}, '`a.safetensors` (train.py', None),
+        # a tag this timm does not know (timm raises): named as recorded, no traceback
+        ({'model': 'tm_convnext_tiny.no_such_tag', 'pretrained': True}, 'of `tm_convnext_tiny.no_such_tag`', None),
+        ({'model': 'tm_convnext_tiny.fb_in1k', 'pretrained': True}, '`timm/convnext_tiny.fb_in1k`', 'timm/'),
+    ],
+)
+def test_card_names_the_weights_a_run_started_from(args, text, hub):
+    from timm_tm.model_card import base_model_text, initial_weights
+
+    sentence, repo = initial_weights(args)
+    assert text in sentence and (repo or '').startswith(hub or '') and (repo is None) == (hub is None)
+    assert base_model_text('tm_ecaresnet50d') == "timm's `ecaresnet50d` (the same network without the TM blocks)"
+    assert base_model_text('tm_resnet18_small').startswith('`tm_resnet18_small` with `tm_stages=()`')
+    assert base_model_text('tm_convnext_tiny') == "timm's `convnext_tiny` (the same network without the TM blocks)"
+    assert base_model_text('tm_no_such_model') == 'not known to this timm-tm'
+
+
 def test_tampered_local_dir_weights_are_refused(exported, tmp_path):
     for how in ('truncated', 'altered'):
         folder = tmp_path / how
@@ -521,7 +573,9 @@ def test_local_dir_with_another_models_weights_names_the_keys(exported, tmp_path
     with pytest.raises(RuntimeError) as e:
         timm.create_model(f'local-dir:{folder}', pretrained=True)
     assert 'nothing was loaded' in str(e.value)
-    assert '"layer1.2.bn1.num_batches_tracked"' in str(e.value) and 'size mismatch for conv1.weight' in str(e.value)
+    # another architecture of the family: one line naming both and what differs
+    assert "its backbone is resnet34's, this model's is tm_resnet18_small's" in str(e.value)
+    assert 'layers (3, 4, 6, 3) vs (2, 2, 2, 2), small_stem False vs True' in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------------- model cards
@@ -533,6 +587,7 @@ def test_every_publishable_model_has_a_card_template_that_renders():
 
     fields = {k: f'<{k}>' for k in CARD_FIELDS if k not in ('usage', 'citation')}
     fields.update(datasets_yaml='- imagenet-1k', license='apache-2.0', repo_id='org/name')
+    fields.update(base_model_yaml='base_model: "timm/resnet50.a1_in1k"')
     for name in TM_WEIGHTS:
         path = find_card_template(name)
         assert path is not None and path.parent.name == 'model_cards', name
@@ -540,8 +595,10 @@ def test_every_publishable_model_has_a_card_template_that_renders():
         front = yaml.safe_load(card.split('---')[1])
         assert {'image-classification', 'timm'} <= set(front['tags']) and front['library_name'] == 'timm'
         assert front['license'] == 'apache-2.0' and front['datasets'] == ['imagenet-1k']
+        assert front['base_model'] == 'timm/resnet50.a1_in1k'
         for section in ('## Model Details', '## Model Usage', '## Citation', 'hf-hub:org/name', '<params_m>'):
             assert section in card, (name, section)
+        assert '**Base model:** <base_model>' in card and '**Initial weights:** <initial_weights>' in card
     with pytest.raises(ValueError, match=r'x\.md: no value for placeholder\(s\) \$\{typo\}'):
         render_card(fields, 'a ${typo} b', source='x.md')
 

@@ -35,24 +35,25 @@ from timm_tm.pretrained import (
 pytest_plugins = ('offline_hub',)  # the hf_cache fixture
 
 
-def _publish_resnet18(cache: Path, tmp_path: Path) -> Dict[str, torch.Tensor]:
-    """A resnet18 (random weights, made distinct from init) cached as timm/resnet18.a1_in1k; its state_dict."""
-    model = timm.create_model('resnet18', pretrained_cfg='a1_in1k')
+def _publish_timm_weights(cache: Path, tmp_path: Path, name: str = 'resnet18.a1_in1k') -> Dict[str, torch.Tensor]:
+    """A timm model (resnet18; random weights, made distinct from init) cached as timm/NAME; its state_dict."""
+    arch, tag = name.split('.')
+    model = timm.create_model(arch, pretrained_cfg=tag)
     with torch.no_grad():  # BN statistics and affine away from their init, so a skipped load would show
-        for name, t in model.state_dict().items():
-            if t.is_floating_point() and 'bn' in name:
+        for key, t in model.state_dict().items():
+            if t.is_floating_point() and ('bn' in key or key.startswith('conv1.1')):  # conv1.1: a deep stem's BN
                 t.uniform_(0.5, 1.5)
-    folder = tmp_path / 'resnet18.a1_in1k'
+    folder = tmp_path / name
     save_for_hf(model, folder, safe_serialization=True)
     assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'model.safetensors']
-    populate_hf_cache(cache, 'timm/resnet18.a1_in1k', folder)
+    populate_hf_cache(cache, f'timm/{name}', folder)
     return model.state_dict()
 
 
 def test_cache_layout_is_what_huggingface_hub_resolves(hf_cache, tmp_path):
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    _publish_resnet18(hf_cache, tmp_path)
+    _publish_timm_weights(hf_cache, tmp_path)
     for name in ('model.safetensors', 'config.json'):
         path = hf_hub_download('timm/resnet18.a1_in1k', name)  # offline: resolved through refs/main
         assert Path(path).parent.parent.name == 'snapshots' and Path(path).is_symlink()
@@ -62,11 +63,12 @@ def test_cache_layout_is_what_huggingface_hub_resolves(hf_cache, tmp_path):
     assert blob.parent.name == 'blobs' and blob.name == hashlib.sha256(blob.read_bytes()).hexdigest()
 
 
-def test_tm_resnet18_tag_equals_resnet18_exactly(hf_cache, tmp_path):
-    source = _publish_resnet18(hf_cache, tmp_path)
-    resnet = timm.create_model('resnet18.a1_in1k', pretrained=True).eval()
-    tm = timm.create_model('tm_resnet18.a1_in1k', pretrained=True, embedding='tied', evidence_mode='logits').eval()
-    assert tm.pretrained_cfg['hf_hub_id'] == 'timm/resnet18.a1_in1k'
+@pytest.mark.parametrize('name', ['resnet18.a1_in1k', 'resnet18d.ra2_in1k'])  # a plain ResNet, a ResNet-D
+def test_tm_tag_equals_its_base_exactly(hf_cache, tmp_path, name):
+    source = _publish_timm_weights(hf_cache, tmp_path, name)
+    resnet = timm.create_model(name, pretrained=True).eval()
+    tm = timm.create_model(f'tm_{name}', pretrained=True, embedding='tied', evidence_mode='logits').eval()
+    assert tm.pretrained_cfg['hf_hub_id'] == f'timm/{name}'
     tm_sd = tm.state_dict()
     for k, v in source.items():
         assert torch.equal(tm_sd[k], v), k
@@ -77,7 +79,7 @@ def test_tm_resnet18_tag_equals_resnet18_exactly(hf_cache, tmp_path):
 
 
 def test_tm_resnet18_tag_new_num_classes_fresh_head_same_features(hf_cache, tmp_path):
-    source = _publish_resnet18(hf_cache, tmp_path)
+    source = _publish_timm_weights(hf_cache, tmp_path)
     resnet = timm.create_model('resnet18.a1_in1k', pretrained=True).eval()
     tm = timm.create_model('tm_resnet18.a1_in1k', pretrained=True, num_classes=7).eval()
     assert tm.fc.weight.shape == (7, 512)
@@ -131,7 +133,7 @@ def test_unpublished_tag_loads_from_the_local_cache(hf_cache, tmp_path):
 
 @pytest.mark.parametrize('how', ['truncated', 'altered'])
 def test_corrupt_cached_weights_are_refused_naming_the_file(hf_cache, tmp_path, how):
-    _publish_resnet18(hf_cache, tmp_path)
+    _publish_timm_weights(hf_cache, tmp_path)
     from huggingface_hub import hf_hub_download
 
     cached = Path(hf_hub_download('timm/resnet18.a1_in1k', 'model.safetensors'))

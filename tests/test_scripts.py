@@ -15,7 +15,10 @@ import sys
 
 import numpy as np
 import pytest
+import timm
+import torch
 
+from timm_tm.checkpoints import read_checkpoint
 from timm_tm.scripts import main as run_main
 
 # --- timm-tm run: always on --------------------------------------------------------------------------------------
@@ -187,10 +190,9 @@ def test_benchmark_py_through_timm_tm_run(train_py, tmp_path):
 OTHER_FAMILIES = ['tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0']
 
 
-def _train_from(train_py, name, mnist_folder, tmp_path, initial, *extra) -> dict:
-    """One epoch of train.py with mixup, cutmix and an EMA, from the weights in ``initial``: its last checkpoint."""
-    import torch
-
+def _train_from(train_py, name, mnist_folder, tmp_path, initial, *model_kwargs) -> dict:
+    """One epoch of train.py with mixup, cutmix and an EMA, from the weights in ``initial`` (TM blocks without an
+    embedding, and ``model_kwargs``): its last checkpoint."""
     out = tmp_path / 'out'
     cmd = [
         sys.executable, str(train_py), str(mnist_folder), '--device-modules', 'timm_tm', '--model', name,
@@ -198,7 +200,7 @@ def _train_from(train_py, name, mnist_folder, tmp_path, initial, *extra) -> dict
         '--opt', 'adamw', '--lr', '1e-3', '--weight-decay', '0', '--warmup-epochs', '0', '--mixup', '0.8',
         '--cutmix', '1.0', '--model-ema', '--model-ema-decay', '0.9', '--initial-checkpoint', str(initial),
         '--scale', '0.7', '1.0', '--hflip', '0', '--workers', '0', '--val-split', 'validation', '--output', str(out),
-        '--experiment', 'e', '--seed', '0', *extra,
+        '--experiment', 'e', '--seed', '0', '--model-kwargs', 'embedding=none', *model_kwargs,
     ]  # fmt: skip
     _run(cmd, cwd=tmp_path)
     return torch.load(out / 'e' / 'last.pth.tar', map_location='cpu', weights_only=True)
@@ -208,14 +210,10 @@ def _train_from(train_py, name, mnist_folder, tmp_path, initial, *extra) -> dict
 @pytest.mark.parametrize('name', OTHER_FAMILIES)
 def test_train_py_with_mixup_and_ema_moves_the_templates_of_other_families(name, train_py, mnist_folder, tmp_path):
     """No weight decay: the templates move only through the labels' gradient (AdamW leaves a parameter with zero
-    gradient where it is). The control, with the evidence weight at 0, is the same run without that path."""
-    import timm
-    import torch
-
-    import timm_tm  # noqa: F401
-
+    gradient where it is), and no embedding (whatever the block's default): the labels are the templates' only way to
+    change. The control, with the evidence weight at 0, is the same run without that path."""
     initial = tmp_path / 'initial.pth'
-    start = timm.create_model(name, num_classes=10).state_dict()
+    start = timm.create_model(name, num_classes=10, embedding='none').state_dict()
     torch.save(start, initial)
     checkpoint = _train_from(train_py, name, mnist_folder, tmp_path, initial)
     templates = [k for k in start if k.endswith('.templates.weight')]
@@ -226,11 +224,45 @@ def test_train_py_with_mixup_and_ema_moves_the_templates_of_other_families(name,
             assert moved > 1e-4, f'{key} {k}: the templates did not move ({moved})'
     if name != 'tm_efficientnet_b0':  # the control once, on the cheapest model
         return
-    control_start = timm.create_model(name, num_classes=10, evidence_weight_init=0.0).state_dict()
+    control_start = timm.create_model(name, num_classes=10, embedding='none', evidence_weight_init=0.0).state_dict()
     torch.save(control_start, initial)
     (tmp_path / 'control').mkdir()
-    control = _train_from(
-        train_py, name, mnist_folder, tmp_path / 'control', initial, '--model-kwargs', 'evidence_weight_init=0.0'
-    )
+    control = _train_from(train_py, name, mnist_folder, tmp_path / 'control', initial, 'evidence_weight_init=0.0')
     for k in templates:
         assert torch.equal(control['state_dict'][k], control_start[k]), f'{k} moved without the labels'
+
+
+# Two variants stand for the new members of the family: the label path into the templates (the blocks' class
+# evidence in the logits) is the family's one forward path, TemplateMatchingStage, whatever timm blocks run before it;
+# tm_resnet18d (deep stem, average-pool downsampling, TM after stages 3 and 4) and tm_seresnext50_32x4d (grouped SE
+# bottlenecks, TM after stage 4 alone) cover both placements, both block kinds and the ResNet-D, ResNeXt and SE kwargs.
+@pytest.mark.train_script
+@pytest.mark.parametrize('name', ['tm_resnet18d', 'tm_seresnext50_32x4d'])
+def test_train_py_trains_a_variants_templates_with_mixup_and_ema(train_py, mnist_folder, tmp_path, name):
+    """A real train.py run with mixup and EMA moves the templates of the model and of its EMA.
+
+    No weight decay and no embedding: the labels' gradient through the class evidence is then the templates' only
+    way to change, so this fails when the labels stop reaching them.
+    """
+    start = timm.create_model(name, num_classes=10, embedding='none')
+    initial = tmp_path / 'initial.pth.tar'  # the known start: train.py --initial-checkpoint
+    torch.save({'state_dict': start.state_dict()}, initial)
+    templates = {f'{n}.templates.weight': b.templates.weight.detach().clone() for n, b in start.tm_blocks().items()}
+    cmd = [
+        sys.executable, str(train_py), str(mnist_folder), '--device-modules', 'timm_tm', '--model', name,
+        '--model-kwargs', 'embedding=none', '--initial-checkpoint', str(initial), '--num-classes', '10',
+        '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '1', '-b', '10', '--opt', 'adamw',
+        '--lr', '2e-3', '--weight-decay', '0', '--warmup-epochs', '0', '--mixup', '0.4', '--cutmix', '0.4',
+        '--model-ema', '--model-ema-decay', '0.9', '--hflip', '0', '--workers', '0', '--val-split', 'validation',
+        '--output', str(tmp_path), '--experiment', 'run', '--seed', '0',
+    ]  # fmt: skip
+    _run(cmd, cwd=tmp_path)
+    recorded = (tmp_path / 'run' / 'args.yaml').read_text()
+    assert 'mixup: 0.4' in recorded and 'cutmix: 0.4' in recorded and 'model_ema: true' in recorded
+    for use_ema in (False, True):
+        state_dict, _ = read_checkpoint(tmp_path / 'run' / 'last.pth.tar', use_ema=use_ema)
+        assert sorted(templates) == sorted(k for k in state_dict if k.endswith('.templates.weight'))
+        for key, before in templates.items():
+            moved = (state_dict[key] - before).abs().max().item()
+            which = 'EMA' if use_ema else 'model'
+            assert moved > 1e-3, f'{which} {key} did not move ({moved:.2e}): the labels do not reach the templates'

@@ -6,14 +6,17 @@ subprocess that imports ``timm_tm`` before pytest collects them, so that their m
 parametrizations include the tm_* models, and :class:`TmModelsOnly` keeps the tm_* parametrizations only.
 
 Left out, always: ``test_model_load_pretrained`` / ``test_model_features_pretrained`` (they download from the
-Hugging Face Hub; tests/test_exactness.py loads ResNet weights through timm's loader offline instead).
-Left out to keep the suite fast (``pytest -m full_timm_suite`` runs them too): the FX tests
-(``test_model_forward_fx``, ``test_model_backward_fx``, ``test_model_forward_fx_torchscript``) of tm_resnet101 and
-tm_resnet152, ``test_model_backward`` of tm_resnet152, and ``test_model_default_cfgs`` of their ``tv_in1k`` tags:
-deeper stacks of the blocks the smaller models test. For the other timm CNNs (tm_convnext_tiny, tm_regnety_016,
-tm_efficientnet_b0) the FX tests and the cfg tests of their second tags: one mechanism, whose FX path
-tests/test_tm_attach.py checks on each. Every tm_* model still runs the forward, cfg, torchscript and features
-tests, and every model but tm_resnet152 the backward test.
+Hugging Face Hub; tests/test_exactness.py loads each base's weights through timm's loader offline instead).
+Left out to keep the suite fast (``pytest -m full_timm_suite`` runs them too): the tests that cost most on a big
+model, where a smaller model of the family runs them on the same kinds of block (``FULL_ONLY``), and the cfg test of
+those models' other tags than the default. Every tm_* model still runs the forward, the default tag's cfg and the
+features tests; the FX, TorchScript and backward tests run on every kind of block the family has: basic and
+bottleneck blocks, the plain and the deep (ResNet-D) stem, strided-conv and average-pool downsampling, groups
+(ResNeXt), SE and ECA attention (tm_resnet18d, tm_seresnext50_32x4d, tm_ecaresnet50d for the last four). What is
+left out is a deeper or wider stack of those: tm_resnet34d, 50d and 101d of tm_resnet18d's, tm_resnext50_32x4d of
+tm_seresnext50_32x4d's, tm_wide_resnet50_2 of tm_resnet50's (wider bottlenecks), tm_resnet101 and 152 of
+tm_resnet50's. For the other timm CNNs (tm_convnext_tiny, tm_regnety_016, tm_efficientnet_b0: one mechanism,
+timm_tm/models/tm_attach.py, whose FX path tests/test_tm_attach.py checks on each) the FX tests.
 """
 
 import json
@@ -30,14 +33,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / '.cache' / 'timm-sdist'
 NEEDS_HUB = {'test_model_load_pretrained', 'test_model_features_pretrained'}
 FX_TESTS = {'test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'}
-BIG = ('tm_resnet101', 'tm_resnet152')
-OTHER_CNNS = ('tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0')  # timm_tm/models/tm_attach.py
+TORCHSCRIPT, BACKWARD, CFG = 'test_model_forward_torchscript', 'test_model_backward', 'test_model_default_cfgs'
+# per model, the tests only the full suite runs (module docstring: which smaller model runs them on the same blocks)
+FULL_ONLY = {
+    'tm_resnet101': FX_TESTS,
+    'tm_resnet152': FX_TESTS | {BACKWARD},
+    'tm_resnet34d': FX_TESTS | {TORCHSCRIPT},
+    'tm_resnet50d': FX_TESTS | {TORCHSCRIPT},
+    'tm_resnet101d': FX_TESTS | {TORCHSCRIPT, BACKWARD},
+    'tm_resnext50_32x4d': FX_TESTS | {TORCHSCRIPT},
+    'tm_seresnext50_32x4d': FX_TESTS,
+    'tm_ecaresnet50d': FX_TESTS,
+    'tm_wide_resnet50_2': FX_TESTS | {TORCHSCRIPT, BACKWARD},
+    'tm_convnext_tiny': FX_TESTS,
+    'tm_regnety_016': FX_TESTS,
+    'tm_efficientnet_b0': FX_TESTS,
+}
 # the timm test functions every tm_* architecture must pass
 CORE_TESTS = {
     'forward': 'test_model_forward',
-    'backward': 'test_model_backward',
-    'cfg': 'test_model_default_cfgs',
-    'torchscript': 'test_model_forward_torchscript',
+    'backward': BACKWARD,
+    'cfg': CFG,
+    'torchscript': TORCHSCRIPT,
     'features': 'test_model_forward_features',
 }
 
@@ -45,19 +62,13 @@ CORE_TESTS = {
 def _left_out(test: str, model_name: str) -> bool:
     """Fast subset: True for the parametrizations that only the full_timm_suite test runs (module docstring)."""
     arch, _, tag = model_name.partition('.')
-    if test in FX_TESTS:
-        return arch in BIG + OTHER_CNNS
-    if test == 'test_model_backward':
-        return arch == 'tm_resnet152'
-    if test == 'test_model_default_cfgs':
-        return (arch in BIG and tag == 'tv_in1k') or (arch in OTHER_CNNS and tag != _default_tag(arch))
-    return False
+    if arch not in FULL_ONLY:
+        return False
+    if test == CFG:
+        from timm.models import get_pretrained_cfg
 
-
-def _default_tag(arch: str) -> str:
-    import timm
-
-    return timm.models.get_pretrained_cfg(arch).tag or ''
+        return bool(tag) and tag != get_pretrained_cfg(arch).tag  # the default tag's cfg runs
+    return test in FULL_ONLY[arch]
 
 
 class TmModelsOnly:
@@ -137,6 +148,8 @@ def test_all_timm_model_tests_pass_on_tm_models(tmp_path):
 def _run_timm_model_tests(tmp_path: Path, full: bool) -> None:
     import timm
 
+    unknown = set(FULL_ONLY) - set(timm.list_models('tm_*'))
+    assert not unknown, f'FULL_ONLY names models that are not registered: {sorted(unknown)}'
     timm_dir = _timm_tests_dir()
     report = tmp_path / 'outcomes.json'
     code = (
@@ -165,7 +178,7 @@ def _run_timm_model_tests(tmp_path: Path, full: bool) -> None:
     passed = [k.split('::')[-1] for k, v in outcomes.items() if v == 'passed']
     for arch in timm.list_models('tm_*'):
         for kind, test in CORE_TESTS.items():
-            if kind == 'backward' and not full and _left_out(test, arch):
+            if not full and _left_out(test, arch):
                 continue
             ran = [p for p in passed if p.startswith(f'{test}[') and (p.endswith(f'-{arch}]') or f'-{arch}.' in p)]
             assert ran, f'{arch}: no passing {test} ({kind}) in {sorted(passed)}'

@@ -366,14 +366,26 @@ def test_checkpoint_with_other_tm_stages_names_the_tm_keys(tmp_path):
 
 
 def test_initial_checkpoint_from_another_resnet_names_the_keys(tmp_path):
+    # another member of the family: one line naming both architectures and what differs
     path = tmp_path / 'resnet34.pth.tar'
     torch.save({'state_dict': timm.create_model('resnet34', num_classes=NUM_CLASSES).state_dict()}, path)
     model = timm.create_model('tm_resnet18', num_classes=NUM_CLASSES)
+    message = _assert_error_and_untouched(
+        model,
+        lambda: timm.models.load_checkpoint(model, str(path)),
+        "its backbone is resnet34's, this model's is resnet18's (tm_resnet18)",
+        'layers (3, 4, 6, 3) vs (2, 2, 2, 2)',
+        'create tm_resnet34 to load it',
+    )
+    assert len(message.splitlines()) == 1
+    # a ResNet outside the family (resnet14t: a tiered deep stem): the keys are named
+    path = tmp_path / 'resnet14t.pth.tar'
+    torch.save({'state_dict': timm.create_model('resnet14t', num_classes=NUM_CLASSES).state_dict()}, path)
     _assert_error_and_untouched(
         model,
         lambda: timm.models.load_checkpoint(model, str(path)),
         'read as a timm ResNet state_dict',
-        'Unexpected key(s) in state_dict: "layer1.2.conv1.weight"',
+        'Unexpected key(s) in state_dict: "conv1.0.weight"',
     )
     # a shape mismatch fails before anything is copied even when strict=False (torch would copy the rest first)
     bad = dict(_model().state_dict())

@@ -24,7 +24,10 @@ COMMANDS = {
     'run': ('timm_tm.scripts:main', 'run a timm script (train.py, validate.py, ...) with the tm_* models registered'),
     'export': ('timm_tm.export:main', 'turn a train.py checkpoint into a Hub-ready folder with a model card'),
     'push': ('timm_tm.push:main', 'upload an exported folder to the Hugging Face Hub'),
-    'bench': ('timm_tm.bench:main', 'throughput / memory of tm_* models against their base models, side by side'),
+    'bench': (
+        'timm_tm.bench:main',
+        'throughput / memory of tm_X against timm X (resnet50d, convnext_tiny, ...), side by side',
+    ),
     'visualize': ('timm_tm.visualize:main', 'draw the per-region class maps of a TM model on images'),
 }
 

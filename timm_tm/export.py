@@ -37,7 +37,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 import timm
 import torch
 import torch.nn as nn
-from timm.models import save_for_hf
+from timm.models import save_for_hf, split_model_name_tag
 
 from timm_tm import __version__, model_card
 from timm_tm.checkpoints import (
@@ -239,10 +239,13 @@ def _is_export_config(path: Path) -> bool:
 def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Dict[str, Any]) -> _Target:
     """The architecture, name and Hub repo (from the request, else the checkpoint), classes and model kwargs."""
     args = meta['args']
-    model_name = request.model or args.get('model') or meta.get('arch')
-    if not isinstance(model_name, str) or not timm.is_model(model_name):
-        raise ExportError(f'--model: unknown model {model_name!r} (checkpoint arch {meta.get("arch")!r})')
-    if args.get('model') and args['model'] != model_name:
+    requested = request.model or args.get('model') or meta.get('arch')
+    if not isinstance(requested, str) or not timm.is_model(requested):
+        raise ExportError(f'--model: unknown model {requested!r} (checkpoint arch {meta.get("arch")!r})')
+    # the architecture: a run started from a tag (--model tm_resnet50d.ra2_in1k) has weights of its own, not the tag's
+    model_name = split_model_name_tag(requested)[0]
+    trained_as = split_model_name_tag(args['model'])[0] if isinstance(args.get('model'), str) else None
+    if trained_as and trained_as != model_name:
         print(f'timm-tm export: note: {request.checkpoint} was trained as {args["model"]}, exporting as {model_name}')
     name = request.name or model_name
     if name.split('.')[0] != model_name:
@@ -468,12 +471,11 @@ def _write_card(
     stats = profile_model(net, written.input_size)
     image_size = written.input_size[1:]
     split = record.args.get('val_split') or 'validation'
+    initial, initial_hub = model_card.initial_weights(record.args)
     fields = {
         'model_name': target.name,
         'repo_id': target.repo_id,
         'architecture': target.model_name,
-        'base_model': model_card.base_model_text(target.model_name, net),
-        'base_weights': model_card.base_weights_text(record.args),
         'license': net.pretrained_cfg.get('license') or 'apache-2.0',
         'datasets_yaml': f'- {json.dumps(record.dataset)}',  # a JSON string is a YAML scalar whatever the name holds
         'dataset': record.dataset,
@@ -483,6 +485,9 @@ def _write_card(
         'gmacs': f'{stats["gmacs"]:.3f}',
         'activations_m': f'{stats["activations_m"]:.2f}',
         'image_size': f'{image_size[0]} x {image_size[1]}',
+        'base_model': model_card.base_model_text(target.model_name),
+        'initial_weights': initial,
+        'base_model_yaml': f'base_model: {json.dumps(initial_hub)}' if initial_hub else '',
         'tm_block': model_card.tm_block_text(net),
         'tm_details': (UNTRAINED_TM + ' ' if target.untrained_tm else '') + model_card.tm_details(net),
         'training': model_card.training_text(record.args, record.epoch, request.use_ema),

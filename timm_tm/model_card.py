@@ -23,6 +23,7 @@ import torch.nn as nn
 from timm.models import get_pretrained_cfg
 
 from timm_tm.models import base_model_name
+from timm_tm.models.tm_resnet import TM_ARCHS, tm_baseline
 
 __all__ = [
     'CARD_FIELDS',
@@ -32,9 +33,9 @@ __all__ = [
     'find_card_template',
     'render_card',
     'training_text',
-    'base_model_text',
-    'base_weights_text',
     'tm_block_text',
+    'base_model_text',
+    'initial_weights',
     'tm_details',
     'metrics_text',
 ]
@@ -44,8 +45,6 @@ CARD_FIELDS: Dict[str, str] = {
     'model_name': 'name of the weights, e.g. tm_resnet18_small.mnist',
     'repo_id': 'Hub repo the card is written for, e.g. timm-tm/tm_resnet18_small.mnist',
     'architecture': 'timm architecture, e.g. tm_resnet18_small',
-    'base_model': "the timm model the TM blocks were added to, e.g. timm's `convnext_tiny`",
-    'base_weights': 'the weights the training started from, as the checkpoint records them',
     'license': 'license id for the front matter',
     'datasets_yaml': 'front matter list of datasets ("- name" lines)',
     'dataset': 'dataset the weights were trained on',
@@ -56,6 +55,9 @@ CARD_FIELDS: Dict[str, str] = {
     'activations_m': 'activations, millions, at image_size',
     'image_size': 'input size the numbers are measured at, e.g. "32 x 32"',
     'tm_block': 'what the exported TM blocks compute, in words (embedding, how the evidence reaches the logits)',
+    'base_model': "the TM-free network the architecture adds its TM blocks to, e.g. timm's `convnext_tiny`",
+    'initial_weights': 'what the run started from: timm weights (e.g. `timm/resnet50d.ra2_in1k`), a file, or none',
+    'base_model_yaml': 'front matter line `base_model: ORG/NAME` when the run started from Hub weights, else empty',
     'tm_details': 'TM block placement, templates per class, classes',
     'training': 'recipe read from the checkpoint (epochs, optimizer, lr, batch size, EMA)',
     'metrics': 'Markdown table of top-1 / top-5 from the run summary.csv, or a sentence saying none were given',
@@ -195,13 +197,14 @@ library_name: timm
 license: ${license}
 datasets:
 ${datasets_yaml}
+${base_model_yaml}
 ---
 # Model card for ${model_name}
 
 ${description}
 
-A `${architecture}`: ${base_model} with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
-ResNet Block", BMVC 2022). ${tm_block}
+A `${architecture}`: a timm CNN (the base model below) with template-matching (TM) blocks ("Feature Embedding by
+Template Matching as a ResNet Block", BMVC 2022). ${tm_block}
 
 ## Model Details
 - **Model Type:** Image classification / feature backbone
@@ -210,10 +213,11 @@ ResNet Block", BMVC 2022). ${tm_block}
   - GMACs: ${gmacs}
   - Activations (M): ${activations_m}
   - Image size: ${image_size}
-- **Base model:** ${base_model}; training started from ${base_weights}
+- **Base model:** ${base_model}
 - **Template matching:** ${tm_details}
 - **Classes:** ${num_classes}
 - **Dataset:** ${dataset}
+- **Initial weights:** ${initial_weights}
 - **Training:** ${training}
 - **Papers:**
   - Feature Embedding by Template Matching as a ResNet Block: https://arxiv.org/abs/2210.00992
@@ -302,34 +306,6 @@ def training_text(args: Dict[str, Any], epoch: Optional[int], use_ema: bool) -> 
     return 'timm train.py: ' + '; '.join(parts)
 
 
-def base_model_text(architecture: str, model: nn.Module) -> str:
-    """The timm model ``architecture`` (a tm_* name) is built on, e.g. "timm's `convnext_tiny`"."""
-    try:
-        return f"timm's `{base_model_name(architecture)}`"
-    except ValueError:  # e.g. tm_resnet18_small: no timm model of that name
-        base = next(c for c in type(model).__mro__ if c.__module__.startswith('timm.'))
-        return f"timm's {base.__name__}"
-
-
-def base_weights_text(args: Dict[str, Any]) -> str:
-    """The weights a train.py run started from (``args``): a checkpoint, a pretrained tag's weights, or none."""
-    if not args:
-        return 'weights not recorded in the checkpoint (a bare state_dict)'
-    for key, what in (('initial_checkpoint', 'the checkpoint'), ('pretrained_path', 'the weights file')):
-        if args.get(key):
-            return f'{what} `{Path(str(args[key])).name}`'
-    if not args.get('pretrained'):
-        return 'random weights (trained from scratch)'
-    try:
-        cfg = get_pretrained_cfg(str(args.get('model')))
-    except RuntimeError:  # an unknown tag
-        cfg = None
-    source = cfg and (cfg.hf_hub_id or cfg.url)
-    if not source:
-        return f'the pretrained weights of `{args.get("model")}`'
-    return f'the pretrained weights of `{args.get("model")}` (`{source}`)'
-
-
 # what each embedding adds to a region's features, and how the class evidence reaches the logits, in words
 _EMBEDDING_TEXT = {
     'none': 'adds nothing to the features (the evidence-only form: the templates learn from the labels alone)',
@@ -358,6 +334,49 @@ def tm_block_text(model: nn.Module) -> str:
         'Each TM block scores every region of its feature map against per-class templates (cosine, learnable '
         f'temperature) and {_EMBEDDING_TEXT[first.embedding]}. {_EVIDENCE_TEXT[first.evidence_mode]}'
     )
+
+
+def base_model_text(architecture: str) -> str:
+    """The TM-free network ``architecture`` (a tm_* model) adds its TM blocks to, in one line."""
+    if architecture in TM_ARCHS:
+        base, kwargs = tm_baseline(architecture)
+        if kwargs:  # tm_resnet18_small: no twin in timm
+            shown = ', '.join(f'{k}={v}' for k, v in kwargs.items())
+            return f'`{base}` with `{shown}` (the same network without TM blocks; timm has no such ResNet)'
+        return f"timm's `{base}` (the same network without the TM blocks)"
+    try:  # the other timm CNNs (timm_tm.models.tm_attach): tm_convnext_tiny on convnext_tiny, ...
+        return f"timm's `{base_model_name(architecture)}` (the same network without the TM blocks)"
+    except ValueError:
+        return 'not known to this timm-tm'
+
+
+def initial_weights(args: Dict[str, Any]) -> Tuple[str, Optional[str]]:
+    """(what the run recorded in ``args`` (train.py's arguments) started from, in one line; the Hub repo of those
+    weights, or None): timm's pretrained tag (``--pretrained``; for ``tm_X.<tag>`` the base's own ``X.<tag>``
+    weights), ``--pretrained-path`` or ``--initial-checkpoint`` (files, named), or random initialization."""
+    if not args:
+        return 'not recorded in the checkpoint (a bare state_dict)', None
+    if args.get('initial_checkpoint'):
+        return f'the checkpoint `{Path(args["initial_checkpoint"]).name}` (train.py --initial-checkpoint)', None
+    if not args.get('pretrained'):
+        return 'none: trained from random initialization', None
+    if args.get('pretrained_path'):
+        return f'the weights file `{Path(args["pretrained_path"]).name}` (train.py --pretrained-path)', None
+    model = args.get('model')
+    try:
+        cfg = get_pretrained_cfg(model) if isinstance(model, str) else None  # None for hf-hub: and local-dir: names
+    except RuntimeError:  # a tag this timm does not know
+        cfg = None
+    if cfg is None:
+        return f'the pretrained weights of `{model}` (train.py --pretrained)', None
+    tag = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
+    if cfg.hf_hub_id and cfg.hf_hub_id.startswith('timm/'):
+        return (
+            f"`{cfg.hf_hub_id}`, timm's own weights of the base, loaded with the TM blocks at identity (the "
+            f'pretrained tag `{tag}`)',
+            cfg.hf_hub_id,
+        )
+    return f'the pretrained tag `{tag}`' + (f' (`{cfg.hf_hub_id}`)' if cfg.hf_hub_id else ''), cfg.hf_hub_id
 
 
 def tm_details(model: nn.Module) -> str:

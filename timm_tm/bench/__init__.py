@@ -1,5 +1,5 @@
-"""``timm-tm bench``: the cost of the TM blocks, a tm_* model against the timm model it is built on (tm_resnet50
-against resnet50, tm_convnext_tiny against convnext_tiny), side by side.
+"""``timm-tm bench``: the cost of the TM blocks, each tm_X against timm's X (resnet50d, convnext_tiny, ...) side by
+side.
 
 Both models of a pair run in one process, alternating A B, B A, A B, ... (the order flips every round so that a
 slow drift of the machine hits both alike), for inference (``model(x)`` in eval mode under ``torch.no_grad``) and
@@ -17,7 +17,7 @@ Params and GMACs come from :func:`timm_tm.profiling.profile_model` (fvcore, as t
 
 The modules: ``machine`` (what a run measured on: CPU, load, versions; Linux's resident memory), ``runner`` (one
 model's steps, the alternating timing and its ratios), ``memory`` (peak memory: the CPU subprocess, CUDA's
-allocator), ``pair`` (one tm_* / base pair, every variant), ``report`` (the tables a user reads, the
+allocator), ``pair`` (one tm_X / X pair, every variant), ``report`` (the tables a user reads, the
 targets) and ``cli`` (the arguments, the run's configuration and ``main``).
 """
 

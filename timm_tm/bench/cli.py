@@ -13,34 +13,27 @@ import torch
 
 from timm_tm.cli import command_parser, int_list, report_error
 from timm_tm.files import atomic_write_text
-from timm_tm.models import base_model_name
 
 from .machine import load_average, machine_record
 from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD
-from .pair import bench_pair
+from .pair import BENCH_MODELS, bench_base, bench_models, bench_pair
 from .report import TARGETS, format_pair, markdown_summary, scale_table
 from .runner import MODES
 
-__all__ = ['parse_models', 'stage_set', 'default_tm_stages', 'build_parser', 'resolve_config', 'main']
+__all__ = ['BENCH_MODELS', 'parse_models', 'stage_set', 'default_tm_stages', 'build_parser', 'resolve_config', 'main']
 
 
 def parse_models(spec: str) -> List[str]:
-    """'18,50,convnext_tiny' (a ResNet depth, a base model or a tm_* name) -> the tm_* models, each benchmarked
-    against the timm model it is built on: ['tm_resnet18', 'tm_resnet50', 'tm_convnext_tiny']."""
-    registered = set(timm.list_models('tm_*'))
+    """'18,resnet50d,tm_resnext50_32x4d,convnext_tiny' -> ['tm_resnet18', 'tm_resnet50d', 'tm_resnext50_32x4d',
+    'tm_convnext_tiny']: a ResNet depth, timm's base name or the tm_ name of each model :func:`bench_models` lists
+    (:data:`BENCH_MODELS`, the ResNet family, then the other timm CNNs)."""
     names = []
     for item in spec.split(','):
         item = item.strip()
-        name = f'tm_resnet{item}' if item.isdigit() else 'tm_' + item.removeprefix('tm_')
-        try:
-            base_model_name(name)
-        except ValueError:
-            name = None
-        if name not in registered:
-            raise ValueError(
-                f'--models: {item!r} is no tm_* model built on a timm model (e.g. --models 18,50,convnext_tiny; '
-                f'tm_* models: {", ".join(sorted(registered))})'
-            )
+        name = f'tm_resnet{item}' if item.isdigit() else item if item.startswith('tm_') else f'tm_{item}'
+        if bench_base(name) is None:
+            known = ', '.join(bench_base(n) for n in bench_models())
+            raise ValueError(f'--models: {item!r} is none of {known} (or a depth: --models 18,50,resnet50d)')
         names.append(name)
     return names
 
@@ -70,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``timm-tm bench`` (the arguments in the order ``--help`` lists them)."""
     parser = command_parser(
         'bench',
-        description='Throughput and peak memory of tm_* models against the timm models they are built on, run side '
+        description='Throughput and peak memory of each tm_X against timm X (resnet50d, convnext_tiny, ...), run side '
         'by side (A B B A ...).',
     )
     _add_model_arguments(parser)
@@ -84,7 +77,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--models',
         default='50',
-        help="tm_* models (or ResNet depths, or base models) to compare, e.g. '18,50,convnext_tiny' (default: 50)",
+        help="models to compare with their base, e.g. '18,50,101' (ResNet depths) or 'resnet50d,convnext_tiny' "
+        '(timm names, with or without tm_; default: 50)',
     )
     parser.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present)")
     parser.add_argument('--batch-size', '-b', type=int, default=None, help='batch size (default: 8 CPU, 256 CUDA)')
@@ -295,12 +289,12 @@ def _start_results(command: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run_pairs(
-    models: List[str], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
+    names: List[str], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
 ) -> List[Dict[str, Any]]:
-    """Each tm_* model against its base, printed as it finishes."""
+    """Each tm_X against timm's X (:func:`bench_base`), printed as it finishes."""
     results = []
-    for name in models:
-        print(f'\n== {name} vs {base_model_name(name)}', flush=True)
+    for name in names:
+        print(f'\n== {name} vs {bench_base(name)}', flush=True)
         result = bench_pair(name, cfg, tm_kwargs, memory=memory, profile=profile)
         print(format_pair(result), flush=True)
         results.append(result)
@@ -345,7 +339,7 @@ def _write_results(path: str, payload: Dict[str, Any], force: bool) -> int:
 def _run(
     args: argparse.Namespace,
     payload: Dict[str, Any],
-    models: List[str],
+    names: List[str],
     cfg: Dict[str, Any],
     tm_kwargs: Dict[str, Any],
     scale_configs: List[Dict[str, Any]],
@@ -353,16 +347,16 @@ def _run(
     """Run the pairs (or the --scale sweep) into ``payload``, printing as they go."""
     profile = not args.no_profile
     if args.scale:
-        name = models[0]
+        name = names[0]
         rows = _run_scale(name, cfg, tm_kwargs, scale_configs, args.scale_memory and not args.no_memory, profile)
         payload['scale'] = rows
         payload['markdown'] = scale_table(rows)
-        print(f'\n{name} against {base_model_name(name)} with the same class count (ratio = TM / baseline):')
+        print(f'\n{name} against {bench_base(name)} with the same class count (ratio = TM / baseline):')
         print(payload['markdown'])
     else:
         if not args.no_memory:
             print(f'peak memory: {payload["memory_method"]}', flush=True)
-        payload['pairs'] = _run_pairs(models, cfg, tm_kwargs, not args.no_memory, profile)
+        payload['pairs'] = _run_pairs(names, cfg, tm_kwargs, not args.no_memory, profile)
         payload['markdown'] = markdown_summary(payload['pairs'])
         print('\n' + payload['markdown'])
     payload['load_average_end'] = load_average()
@@ -374,11 +368,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        models = parse_models(args.models)
+        names = parse_models(args.models)
         cfg = resolve_config(args)
         tm_kwargs = _tm_kwargs(args)
-        _check_stages(models, tm_kwargs, args)
-        scale_configs = _scale_configs(args, default_tm_stages(models[0])) if args.scale else []
+        _check_stages(names, tm_kwargs, args)
+        scale_configs = _scale_configs(args, default_tm_stages(names[0])) if args.scale else []
         check_output(args.output, args.force)
     except ValueError as e:
         parser.error(str(e))
@@ -388,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     payload = _start_results('timm-tm bench ' + ' '.join(sys.argv[1:] if argv is None else argv), cfg)
     try:
-        _run(args, payload, models, cfg, tm_kwargs, scale_configs)
+        _run(args, payload, names, cfg, tm_kwargs, scale_configs)
     except RuntimeError as e:  # no /proc peak memory on this system, a memory subprocess that failed, out of memory
         return report_error('bench', ' '.join(str(e).split()))
     return _write_results(args.output, payload, args.force)

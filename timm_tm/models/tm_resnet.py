@@ -1,4 +1,5 @@
-"""Template-matching ResNets (tm_resnet18 ... tm_resnet152).
+"""Template-matching ResNets: tm_resnet18 ... tm_resnet152 and timm's ResNet variants (tm_resnet50d,
+tm_resnext50_32x4d, tm_seresnext50_32x4d, tm_ecaresnet50d, tm_wide_resnet50_2, ...), one table (``TM_ARCHS``).
 
 timm's ``ResNet`` with a :class:`~timm_tm.layers.TemplateMatching` block appended to the end of chosen stages
 (``layerN``), and the blocks' class evidence added to the logits::
@@ -10,11 +11,13 @@ so that any loss on the logits (as timm's train.py computes it) guides the templ
 predictions are the head's) with the labels' gradient into the templates, a deep supervision of the stages that
 survives an unmodified train.py. Why: docs/DESIGN.md.
 
-With every TM embedding and evidence weight at zero the model computes exactly what timm's ``resnetX``
-computes with the same weights: :func:`convert_resnet_state_dict` and the pretrained tags built on timm's
-ResNet ImageNet weights set them so.
+With every TM embedding and evidence weight at zero ``tm_X`` computes exactly what timm's ``X`` computes with the
+same weights: :func:`convert_resnet_state_dict` and the pretrained tags built on timm's ImageNet weights set them so.
+Weights of another architecture of the family (resnet50's into tm_resnet50d) are refused, naming what differs.
 """
 
+import functools
+import inspect
 import logging
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -44,25 +47,100 @@ from timm_tm.layers import (
 )
 from timm_tm.pretrained import prepare_pretrained, tm_weight_cfgs
 
-__all__ = ['TemplateMatchingResNet', 'TemplateMatchingStage', 'convert_resnet_state_dict', 'TM_ARCHS']
+__all__ = [
+    'TemplateMatchingResNet',
+    'TemplateMatchingStage',
+    'convert_resnet_state_dict',
+    'TM_ARCHS',
+    'STAGES',
+    'TM_MACS_BUDGET',
+    'tm_baseline',
+    'tm_block_macs',
+    'tm_stage_macs',
+    'choose_tm_stages',
+]
 
 _logger = logging.getLogger(__name__)
 
-# Per-model architecture and TM defaults. The cost of a TM block is about 2 * C * K * H * W multiply-adds
-# (K = num_classes * templates_per_class), so stage 3 is 4x the cost of stage 4 per template for bottleneck
-# ResNets. Defaults keep the overhead at 1000 classes within about 10% of the backbone's GMACs
-# (README, "Cost"): stages 3 and 4 where affordable, stage 4 only for the narrow-and-wide bottleneck models.
+# A TM block's cost: a 1x1 match (and, with an embedding, a 1x1 embed back) over the stage's map, i.e. about
+# 2 * C * K * H * W multiply-adds with K = num_classes * templates_per_class (README "The family"). The placement
+# rule: at 1000 classes and the base's input size, the TM blocks with an embedding may add up to TM_MACS_BUDGET of
+# the base's MACs; stages 3 and 4 where that holds, stage 4 alone where it does not (a bottleneck ResNet's stage 3
+# block costs twice its stage 4 one: half the channels on four times the regions). choose_tm_stages computes it;
+# tests/test_tm_resnet.py checks every default below against it.
+TM_MACS_BUDGET = 0.10
+TM_PLACEMENTS = ((3, 4), (4,))  # most preferred first
+
+# timm's ResNet-D: a deep stem (three 3x3 convs, 32 wide) and average-pool downsampling (arXiv:1812.01187)
+_RESNET_D = dict(stem_width=32, stem_type='deep', avg_down=True)
+_R18 = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+_R34 = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+_R50 = dict(block=Bottleneck, layers=(3, 4, 6, 3))
+_R101 = dict(block=Bottleneck, layers=(3, 4, 23, 3))
+_RESNEXT_32X4D = dict(cardinality=32, base_width=4)
+
+# tm_X: the architecture kwargs of timm's X (its entry point in timm/models/resnet.py; X = the name without tm_)
+# and the TM stages the placement rule gives it.
 TM_ARCHS: Dict[str, Dict[str, Any]] = {
-    'tm_resnet18': dict(block=BasicBlock, layers=(2, 2, 2, 2), tm_stages=(3, 4)),
+    'tm_resnet18': dict(**_R18, tm_stages=(3, 4)),
     'tm_resnet26': dict(block=Bottleneck, layers=(2, 2, 2, 2), tm_stages=(4,)),
-    'tm_resnet34': dict(block=BasicBlock, layers=(3, 4, 6, 3), tm_stages=(3, 4)),
-    'tm_resnet50': dict(block=Bottleneck, layers=(3, 4, 6, 3), tm_stages=(4,)),
-    'tm_resnet101': dict(block=Bottleneck, layers=(3, 4, 23, 3), tm_stages=(3, 4)),
+    'tm_resnet34': dict(**_R34, tm_stages=(3, 4)),
+    'tm_resnet50': dict(**_R50, tm_stages=(4,)),
+    'tm_resnet101': dict(**_R101, tm_stages=(3, 4)),
     'tm_resnet152': dict(block=Bottleneck, layers=(3, 8, 36, 3), tm_stages=(3, 4)),
+    'tm_resnet18d': dict(**_R18, **_RESNET_D, tm_stages=(3, 4)),
+    'tm_resnet34d': dict(**_R34, **_RESNET_D, tm_stages=(3, 4)),
+    'tm_resnet50d': dict(**_R50, **_RESNET_D, tm_stages=(4,)),
+    'tm_resnet101d': dict(**_R101, **_RESNET_D, tm_stages=(3, 4)),
+    'tm_resnext50_32x4d': dict(**_R50, **_RESNEXT_32X4D, tm_stages=(4,)),
+    'tm_seresnext50_32x4d': dict(**_R50, **_RESNEXT_32X4D, block_args=dict(attn_layer='se'), tm_stages=(4,)),
+    'tm_ecaresnet50d': dict(**_R50, **_RESNET_D, block_args=dict(attn_layer='eca'), tm_stages=(4,)),
+    'tm_wide_resnet50_2': dict(**_R50, base_width=128, tm_stages=(3, 4)),
     # small-input variant (3x3 stem, no max-pool) for 32-64 px datasets; its baseline is tm_stages=()
-    'tm_resnet18_small': dict(block=BasicBlock, layers=(2, 2, 2, 2), tm_stages=(3, 4), small_stem=True),
+    'tm_resnet18_small': dict(**_R18, tm_stages=(3, 4), small_stem=True),
 }
-_STAGES = (1, 2, 3, 4)
+STAGES = (1, 2, 3, 4)  # a ResNet's stages (layer1 ... layer4), the places a TM block may follow
+
+
+def tm_baseline(name: str) -> Tuple[str, Dict[str, Any]]:
+    """(timm model name, kwargs) that the tm_* model ``name`` (an architecture, or one with a tag) is measured and
+    loaded against: timm's ``X`` for ``tm_X``; for tm_resnet18_small, which has no twin in timm, itself with
+    ``tm_stages=()``."""
+    arch = name.split('.')[0]
+    if arch not in TM_ARCHS:
+        raise ValueError(f'{name!r} is not a tm_resnet model; the family: {", ".join(TM_ARCHS)}')
+    if TM_ARCHS[arch].get('small_stem'):
+        return arch, dict(tm_stages=())
+    return arch[len('tm_') :], {}
+
+
+def tm_block_macs(channels: int, height: int, width: int, num_templates: int, embedding: bool = True) -> int:
+    """Multiply-adds of one TM block over a B=1 x C x H x W map with K templates: the match, C * K * H * W, and as
+    many again for an embedding (the elementwise work on the K x H x W scores is left out)."""
+    return (2 if embedding else 1) * channels * num_templates * height * width
+
+
+def tm_stage_macs(
+    feature_info: Sequence[Dict[str, Any]], img_size: int = 224, num_templates: int = 1000, embedding: bool = True
+) -> Dict[int, int]:
+    """Stage (1-4) -> multiply-adds of a TM block after it, for a model with timm's ResNet ``feature_info`` (the
+    stem, then one entry per stage) at ``img_size`` px."""
+    out = {}
+    for stage in STAGES:
+        info = feature_info[stage]
+        side = -(-img_size // info['reduction'])  # each stride-2 layer rounds up
+        out[stage] = tm_block_macs(info['num_chs'], side, side, num_templates, embedding)
+    return out
+
+
+def choose_tm_stages(base_macs: float, stage_macs: Dict[int, float], budget: float = TM_MACS_BUDGET) -> Tuple[int, ...]:
+    """The placement rule: the first of ``TM_PLACEMENTS`` whose TM blocks (``stage_macs``, as
+    :func:`tm_stage_macs` gives them) cost at most ``budget`` x ``base_macs``; the cheapest placement when none
+    does."""
+    for stages in TM_PLACEMENTS:
+        if sum(stage_macs[s] for s in stages) <= budget * base_macs:
+            return stages
+    return min(TM_PLACEMENTS, key=lambda stages: sum(stage_macs[s] for s in stages))
 
 
 class TemplateMatchingStage(nn.Sequential):
@@ -153,7 +231,7 @@ class TemplateMatchingResNet(ResNet):
         self.tm_stages = tuple(sorted(tm_stages))
         self.templates_per_class = templates_per_class
         template_classes = num_classes or template_classes or 1000
-        for stage in _STAGES:  # timm's nn.Sequential stages become stages that collect the class evidence
+        for stage in STAGES:  # timm's nn.Sequential stages become stages that collect the class evidence
             setattr(self, f'layer{stage}', TemplateMatchingStage(*getattr(self, f'layer{stage}')))
         for stage in self.tm_stages:
             getattr(self, f'layer{stage}').append(
@@ -271,6 +349,11 @@ class TemplateMatchingResNet(ResNet):
         model untouched, and its error names the missing, unexpected and mis-shaped keys, the TM ones called out as
         such, or the TM options that differ.
         """
+        problem = _architecture_problem(state_dict, self)
+        if problem:
+            raise RuntimeError(
+                f'Error(s) in loading state_dict for {type(self).__name__} (nothing was loaded): {problem}'
+            )
         own = self.state_dict()
         blocks = self.tm_blocks()
         tm_keys = set(_tm_keys(own, blocks))
@@ -307,13 +390,13 @@ def _check_tm_args(
     check_finite('temperature_init', temperature_init, positive=True)
     check_finite('evidence_weight_init', evidence_weight_init)
     if isinstance(tm_stages, str) or not isinstance(tm_stages, Sequence):
-        raise TypeError(f'tm_stages must be a sequence of stages from {_STAGES} (e.g. (3, 4)), got {tm_stages!r}')
+        raise TypeError(f'tm_stages must be a sequence of stages from {STAGES} (e.g. (3, 4)), got {tm_stages!r}')
     tm_stages = tuple(tm_stages)
     if any(isinstance(s, bool) or not isinstance(s, int) for s in tm_stages):  # 3.0 == 3 would pass below
-        raise TypeError(f'tm_stages must be integer stages from {_STAGES}, got {tm_stages!r}')
-    bad = [s for s in tm_stages if s not in _STAGES]
+        raise TypeError(f'tm_stages must be integer stages from {STAGES}, got {tm_stages!r}')
+    bad = [s for s in tm_stages if s not in STAGES]
     if bad or len(set(tm_stages)) != len(tm_stages):
-        raise ValueError(f'tm_stages must be distinct stages from {_STAGES}, got {tm_stages}')
+        raise ValueError(f'tm_stages must be distinct stages from {STAGES}, got {tm_stages}')
     if num_classes > 0 and template_classes not in (None, num_classes):
         raise ValueError(
             f'template_classes ({template_classes}) must equal num_classes ({num_classes}) when num_classes > 0'
@@ -325,6 +408,77 @@ def _tm_keys(state: Dict[str, Any], blocks: Dict[str, TemplateMatching]) -> List
     """The keys of a model's ``state`` (its state_dict) that belong to its TM ``blocks`` (by module name)."""
     prefixes = tuple(name + '.' for name in blocks)
     return [k for k in state if prefixes and k.startswith(prefixes)]
+
+
+def _backbone_shapes(state_dict: Dict[str, Any], skip: Sequence[str] = ()) -> Dict[str, Tuple[int, ...]]:
+    """Key -> shape of a (tm_)resnet state_dict's tensors, all but its head (fc), TM blocks (and the modules named in
+    ``skip``) and BN batch counters (which older checkpoints lack): what says which architecture it is."""
+    tm_prefixes = tuple(f'{name}.' for name in (*_source_tm_blocks(state_dict), *skip))
+    return {
+        k: tuple(v.shape)
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor)
+        and not k.startswith('fc.')
+        and not k.endswith('num_batches_tracked')
+        and not (tm_prefixes and k.startswith(tm_prefixes))
+    }
+
+
+@functools.cache
+def _family_backbone(arch: str, in_chans: int) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """The backbone shapes (:func:`_backbone_shapes`) of the family's ``arch``, built on the meta device."""
+    kwargs = {k: v for k, v in TM_ARCHS[arch].items() if k != 'tm_stages'}
+    model = TemplateMatchingResNet(**kwargs, num_classes=0, tm_stages=(), in_chans=in_chans, device='meta')
+    return tuple(_backbone_shapes(model.state_dict()).items())
+
+
+def _family_member(shapes: Dict[str, Tuple[int, ...]], in_chans: int) -> Optional[str]:
+    """The architecture of ``TM_ARCHS`` whose backbone has exactly these shapes, or None."""
+    return next((arch for arch in TM_ARCHS if dict(_family_backbone(arch, in_chans)) == shapes), None)
+
+
+def _arch_differences(theirs: str, ours: str) -> List[str]:
+    """'stem_type \'\' vs \'deep\'', ...: the architecture kwargs in which two entries of ``TM_ARCHS`` differ."""
+    defaults = {
+        name: p.default
+        for cls in (ResNet, TemplateMatchingResNet)
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+    }
+
+    def shown(value: Any) -> str:
+        return value.__name__ if isinstance(value, type) else repr(value)
+
+    out = []
+    for key in dict.fromkeys([*TM_ARCHS[theirs], *TM_ARCHS[ours]]):
+        a, b = (TM_ARCHS[arch].get(key, defaults.get(key)) for arch in (theirs, ours))
+        if key != 'tm_stages' and a != b:
+            out.append(f'{key} {shown(a)} vs {shown(b)}')
+    return out
+
+
+def _architecture_problem(state_dict: Dict[str, Any], model: 'TemplateMatchingResNet') -> Optional[str]:
+    """Why ``state_dict`` is another architecture of the family than ``model``'s (e.g. resnet50's weights for
+    tm_resnet50d), in one line naming both and the kwargs that differ; None when its backbone is ``model``'s, or
+    no architecture of the family (the key-by-key report then says what differs)."""
+    ours = _backbone_shapes(model.state_dict())
+    # the model's own TM block names left out too: timm's loader drops the templates (the classifier) of weights for
+    # another class count, and the rest of a TM block no longer reads as one
+    if _backbone_shapes(state_dict, skip=tuple(model.tm_blocks())) == ours:
+        return None
+    theirs = _backbone_shapes(state_dict)
+    their_arch = _family_member(theirs, model.in_chans)
+    if their_arch is None:
+        return None
+    their_base = tm_baseline(their_arch)[0]
+    kind = f' (a {their_arch} checkpoint)' if _source_tm_blocks(state_dict) else ''
+    our_arch = _family_member(ours, model.in_chans)
+    if our_arch is None:
+        return f"its backbone is {their_base}'s{kind}, this model's is not: create {their_arch} to load it"
+    differ = ', '.join(_arch_differences(their_arch, our_arch))
+    return (
+        f"its backbone is {their_base}'s{kind}, this model's is {tm_baseline(our_arch)[0]}'s ({our_arch}): "
+        f'{differ} (checkpoint vs model); create {their_arch} to load it'
+    )
 
 
 def _state_dict_errors(
@@ -400,7 +554,8 @@ def convert_resnet_state_dict(
     A tm_resnet's must have ``model``'s TM configuration (stages, templates per class, TM options), else a
     RuntimeError names what differs. Only another class count is adapted (a fine-tuning start): the class-tied TM
     entries, and the head with ``new_head``, are taken from ``model``'s fresh ones, with a warning naming them.
-    Other entries pass through unchanged, so a wrong backbone is still reported by ``load_state_dict``.
+    Weights of another architecture of the family (resnet50's for tm_resnet50d) are refused, naming what differs;
+    other entries pass through unchanged, so any other wrong backbone is still reported by ``load_state_dict``.
 
     Args:
         state_dict: The checkpoint's state_dict (or a dict holding it under 'state_dict').
@@ -414,7 +569,12 @@ def convert_resnet_state_dict(
     source_classes = source_fc.shape[0] if isinstance(source_fc, torch.Tensor) and source_fc.dim() == 2 else None
     subject = source[:1].upper() + source[1:]  # sentence case
     model_sd, blocks, source_tm = model.state_dict(), model.tm_blocks(), _source_tm_blocks(state_dict)
-    problems = _tm_config_problems(state_dict, source_tm, source_classes, model, model_sd, blocks)
+    architecture = _architecture_problem(state_dict, model)  # first: another architecture moves the TM blocks too
+    problems = (
+        [architecture]
+        if architecture
+        else _tm_config_problems(state_dict, source_tm, source_classes, model, model_sd, blocks)
+    )
     if problems:
         raise RuntimeError(
             f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
@@ -457,7 +617,7 @@ def _tm_config_problems(
     """
     problems = []
     if source_tm and source_tm != sorted(blocks):
-        stage_of = {f'layer{s}': s for s in _STAGES}
+        stage_of = {f'layer{s}': s for s in STAGES}
         stages = tuple(stage_of.get(name.split('.')[0], 0) for name in source_tm)
         where = f"its TM blocks are {', '.join(source_tm)}, this model's {', '.join(sorted(blocks)) or 'none'}"
         if 0 not in stages and stages != model.tm_stages:
@@ -616,7 +776,7 @@ def _cfg(variant: str, **kwargs) -> Dict[str, Any]:
         'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1',
+        'first_conv': 'conv1.0' if TM_ARCHS[variant].get('stem_type') else 'conv1',  # a deep stem: three convs
         'classifier': _classifier_names(variant),
         'license': 'apache-2.0',
         'paper_ids': 'arXiv:2210.00992',
@@ -625,14 +785,15 @@ def _cfg(variant: str, **kwargs) -> Dict[str, Any]:
 
 
 def _from_resnet_cfg(variant: str, resnet_tag: str) -> Optional[Dict[str, Any]]:
-    """Pretrained cfg for timm's ``resnetX.<tag>`` ImageNet weights loaded into ``tm_resnetX`` (TM at identity).
+    """Pretrained cfg for timm's ``X.<tag>`` ImageNet weights loaded into ``tm_X`` (TM at identity).
 
     None, with a warning, when this timm has no such tag: the other tags and the models still register.
     """
-    src = get_pretrained_cfg(f'{variant[3:]}.{resnet_tag}')
+    base = tm_baseline(variant)[0]
+    src = get_pretrained_cfg(f'{base}.{resnet_tag}')
     if src is None:
         warnings.warn(
-            f'timm {timm_version} has no {variant[3:]}.{resnet_tag} weights: {variant}.{resnet_tag} is left out',
+            f'timm {timm_version} has no {base}.{resnet_tag} weights: {variant}.{resnet_tag} is left out',
             stacklevel=2,
         )
         return None
@@ -643,15 +804,19 @@ def _from_resnet_cfg(variant: str, resnet_tag: str) -> Optional[Dict[str, Any]]:
         pool_size=src.pool_size,
         crop_pct=src.crop_pct,
         interpolation=src.interpolation,
+        mean=src.mean,
+        std=src.std,
+        first_conv=src.first_conv,
         test_input_size=src.test_input_size,
         test_crop_pct=src.test_crop_pct,
         license=src.license,
         origin_url=src.origin_url,
-        notes=(f'timm {variant[3:]}.{resnet_tag} weights, TM blocks at identity (exact start for fine-tuning)',),
+        notes=(f'timm {base}.{resnet_tag} weights, TM blocks at identity (exact start for fine-tuning)',),
     )
 
 
-# timm's default ImageNet tag for each ResNet, plus torchvision's where timm hosts it
+# tm_X.<tag>: timm's X.<tag> weights, TM at identity. timm's default tag for X first (tm_resnet50: a1_in1k,
+# tm_resnet101 and 152: a1h_in1k), then torchvision's where timm hosts it.
 RESNET_TAGS = {
     'tm_resnet18': ('a1_in1k', 'tv_in1k'),
     'tm_resnet26': ('bt_in1k',),
@@ -659,11 +824,19 @@ RESNET_TAGS = {
     'tm_resnet50': ('a1_in1k', 'tv_in1k'),
     'tm_resnet101': ('a1h_in1k', 'tv_in1k'),
     'tm_resnet152': ('a1h_in1k', 'tv_in1k'),
+    'tm_resnet18d': ('ra2_in1k',),
+    'tm_resnet34d': ('ra2_in1k',),
+    'tm_resnet50d': ('ra2_in1k', 'a1_in1k'),
+    'tm_resnet101d': ('ra2_in1k',),
+    'tm_resnext50_32x4d': ('a1h_in1k', 'tv_in1k'),
+    'tm_seresnext50_32x4d': ('racm_in1k',),
+    'tm_ecaresnet50d': ('miil_in1k',),
+    'tm_wide_resnet50_2': ('racm_in1k', 'tv_in1k'),
 }
 
 
 def _resnet_weight_cfgs() -> Dict[str, Dict[str, Any]]:
-    """``tm_resnetX.<tag>`` cfgs for the ``RESNET_TAGS`` this timm has (the first listed is the default)."""
+    """``tm_X.<tag>`` cfgs for the ``RESNET_TAGS`` this timm has (the first listed is the default)."""
     cfgs = {f'{v}.{tag}': _from_resnet_cfg(v, tag) for v, tags in RESNET_TAGS.items() for tag in tags}
     return {name: cfg for name, cfg in cfgs.items() if cfg is not None}
 
@@ -718,3 +891,51 @@ def tm_resnet152(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
 def tm_resnet18_small(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
     """ResNet-18 for 32-64 px images (3x3 stem, no max-pool) with TM blocks after stages 3 and 4."""
     return _create_tm_resnet('tm_resnet18_small', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet18d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-18-D (deep stem, average-pool downsampling: timm's resnet18d) with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet18d', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet34d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-34-D (timm's resnet34d) with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet34d', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet50d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-50-D (timm's resnet50d) with a TM block after stage 4."""
+    return _create_tm_resnet('tm_resnet50d', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnet101d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNet-101-D (timm's resnet101d) with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_resnet101d', pretrained, **kwargs)
+
+
+@register_model
+def tm_resnext50_32x4d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ResNeXt-50 32x4d (timm's resnext50_32x4d) with a TM block after stage 4."""
+    return _create_tm_resnet('tm_resnext50_32x4d', pretrained, **kwargs)
+
+
+@register_model
+def tm_seresnext50_32x4d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """SE-ResNeXt-50 32x4d (timm's seresnext50_32x4d) with a TM block after stage 4."""
+    return _create_tm_resnet('tm_seresnext50_32x4d', pretrained, **kwargs)
+
+
+@register_model
+def tm_ecaresnet50d(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """ECA-ResNet-50-D (timm's ecaresnet50d) with a TM block after stage 4."""
+    return _create_tm_resnet('tm_ecaresnet50d', pretrained, **kwargs)
+
+
+@register_model
+def tm_wide_resnet50_2(pretrained: bool = False, **kwargs) -> TemplateMatchingResNet:
+    """Wide ResNet-50-2 (timm's wide_resnet50_2) with TM blocks after stages 3 and 4."""
+    return _create_tm_resnet('tm_wide_resnet50_2', pretrained, **kwargs)
