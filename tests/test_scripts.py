@@ -192,7 +192,7 @@ OTHER_FAMILIES = ['tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0']
 
 def _train_from(train_py, name, mnist_folder, tmp_path, initial, *model_kwargs) -> dict:
     """One epoch of train.py with mixup, cutmix and an EMA, from the weights in ``initial`` (TM blocks without an
-    embedding, and ``model_kwargs``): its last checkpoint."""
+    embedding, and ``model_kwargs``): the model's and the EMA's weights of its last checkpoint."""
     out = tmp_path / 'out'
     cmd = [
         sys.executable, str(train_py), str(mnist_folder), '--device-modules', 'timm_tm', '--model', name,
@@ -203,7 +203,8 @@ def _train_from(train_py, name, mnist_folder, tmp_path, initial, *model_kwargs) 
         '--experiment', 'e', '--seed', '0', '--model-kwargs', 'embedding=none', *model_kwargs,
     ]  # fmt: skip
     _run(cmd, cwd=tmp_path)
-    return torch.load(out / 'e' / 'last.pth.tar', map_location='cpu', weights_only=True)
+    last = out / 'e' / 'last.pth.tar'  # read as export reads it (its args are an argparse.Namespace)
+    return {'state_dict': read_checkpoint(last)[0], 'state_dict_ema': read_checkpoint(last, use_ema=True)[0]}
 
 
 @pytest.mark.train_script
