@@ -2,25 +2,29 @@
 
 Counted with ``timm_tm.profiling.profile_model`` (fvcore, as timm's ``benchmark.py --bench profile`` counts them:
 one multiply-add is one MAC) at each model's default input size, with its default kwargs (1000 classes, except
-tm_resnet18_small: 10 classes at 32 px). The base of tm_X is timm's X (``tm_baseline``); that of tm_resnet18_small
-is the same model with ``tm_stages=()``. The default block embeds features (``embedding='argmax'``: the match and
-the embedding, two 1x1 products), the cost the placement rule (``choose_tm_stages``) keeps within
-``TM_MACS_BUDGET``; the last column is the overhead of the evidence-only blocks (``embedding='none'``: the match
-alone, about half). A model whose placement is not the rule's is reported on stderr and makes the exit status 1.
+tm_resnet18_small: 10 classes at 32 px). The base of tm_X is timm's X (``tm_baseline`` for the ResNet family,
+``base_model_name`` for the other timm CNNs: convnext_tiny, ...); that of tm_resnet18_small is the same model with
+``tm_stages=()``. The default block embeds features (``embedding='argmax'``: the match and the embedding, two 1x1
+products), the cost the placement rule (``choose_tm_stages``) keeps within ``TM_MACS_BUDGET`` for the ResNet
+family; the last column is the overhead of the evidence-only blocks (``embedding='none'``: the match alone, about
+half). A member whose placement is not the rule's is reported on stderr and makes the exit status 1.
+``--embedding`` names the embedding of the other columns' blocks (default: the block's default).
 
-    python benchmarks/family_table.py                     # print the table
+    python benchmarks/family_table.py                     # print the table of the ResNet family
     python benchmarks/family_table.py --readme README.md  # and replace the one between the README's table markers
+    python benchmarks/family_table.py --models tm_convnext_tiny tm_regnety_016 tm_efficientnet_b0
 """
 
 import argparse
 import sys
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
 
 import timm_tm  # noqa: F401  (registers the tm_* models)
 from timm_tm.files import atomic_write_text
+from timm_tm.models import base_model_name
 from timm_tm.models.tm_resnet import TM_ARCHS, choose_tm_stages, tm_baseline, tm_stage_macs
 from timm_tm.profiling import profile_model
 
@@ -38,17 +42,23 @@ def _percent(tm: float, base: float) -> str:
     return f'+{100 * (tm / base - 1):.1f}%'
 
 
-def _row(name: str) -> Tuple[List[str], Optional[str]]:
-    """(the table row of ``name``, why its placement is not the rule's or None)."""
-    base_name, base_kwargs = tm_baseline(name)
+def _base(name: str) -> Tuple[str, Dict[str, Any]]:
+    """(timm model, kwargs) ``name`` is measured against: ``tm_baseline`` in the ResNet family, else the timm model
+    it is built on; a ValueError for a name that is neither."""
+    return tm_baseline(name) if name in TM_ARCHS else (base_model_name(name), {})
+
+
+def _row(name: str, tm_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[List[str], Optional[str]]:
+    """(the table row of ``name`` with TM blocks of ``tm_kwargs``, why its placement is not the rule's or None)."""
+    base_name, base_kwargs = _base(name)
     kwargs = SMALL_KWARGS if base_kwargs else {}
-    model = timm.create_model(name, **kwargs)
+    model = timm.create_model(name, **kwargs, **(tm_kwargs or {}))
     input_size = model.pretrained_cfg['input_size']
     base = timm.create_model(base_name, **base_kwargs, **kwargs)
     evidence_only = timm.create_model(name, embedding='none', **kwargs)
     tm, ref, ev = (profile_model(m, input_size) for m in (model, base, evidence_only))
     problem = None
-    if not base_kwargs:  # the rule is for 1000 classes at 224 px: not tm_resnet18_small's own baseline
+    if name in TM_ARCHS and not base_kwargs:  # the rule: the ResNet family at 1000 classes, not tm_resnet18_small
         stage_macs = tm_stage_macs(base.feature_info, input_size[-1], model.num_classes * model.templates_per_class)
         rule = choose_tm_stages(ref['gmacs'] * 1e9, stage_macs)
         if rule != model.tm_stages:
@@ -71,15 +81,15 @@ def _row(name: str) -> Tuple[List[str], Optional[str]]:
     return row, problem
 
 
-def family_table(names: List[str]) -> Tuple[str, List[str]]:
-    """(the Markdown table of ``names``, the placements that are not the rule's)."""
+def family_table(names: List[str], tm_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[str, List[str]]:
+    """(the Markdown table of ``names`` with TM blocks of ``tm_kwargs``, the placements that are not the rule's)."""
     lines = [
         '| ' + ' | '.join(HEADER) + ' |',
         '|' + '|'.join(['---'] * 4 + ['---:'] * 3 + ['---'] + ['---:'] * 4) + '|',
     ]
     problems = []
     for name in names:
-        row, problem = _row(name)
+        row, problem = _row(name, tm_kwargs)
         lines.append('| ' + ' | '.join(row) + ' |')
         print(lines[-1], file=sys.stderr, flush=True)  # progress: a row takes seconds
         if problem:
@@ -99,16 +109,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', nargs='+', default=list(TM_ARCHS), help='tm_* models (default: the family)')
     parser.add_argument('--readme', help='write the table into this README, between its table markers')
+    parser.add_argument('--embedding', default=None, help="the TM blocks' embedding (default: the block's default)")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.models if name not in TM_ARCHS]
+    unknown = []
+    for name in args.models:
+        try:
+            _base(name)
+        except ValueError:
+            unknown.append(name)
     if unknown:
-        parser.error(f'--models: not in the family: {", ".join(unknown)}')
+        parser.error(f'--models: no tm_* model built on a timm model: {", ".join(unknown)}')
+    if args.readme and (args.embedding is not None or any(name not in TM_ARCHS for name in args.models)):
+        parser.error("--readme: the README's table markers hold the ResNet family's table, with the default block")
     if args.readme:
         with open(args.readme, encoding='utf-8') as f:
             readme = f.read()
         replace_table(readme, '')  # the markers are there: checked before minutes of profiling
     torch.manual_seed(0)
-    table, problems = family_table(args.models)
+    table, problems = family_table(args.models, {} if args.embedding is None else dict(embedding=args.embedding))
     print(table)
     if args.readme:  # read again: the README may have been edited during the minutes of profiling
         with open(args.readme, encoding='utf-8') as f:

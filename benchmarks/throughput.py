@@ -1,4 +1,5 @@
-"""Each tm_X against timm's X (resnet50, resnet50d, ...), side by side: throughput, peak memory, params and GMACs.
+"""Each tm_X against timm's X (resnet50d, convnext_tiny, ...), side by side: throughput, peak memory, params and
+GMACs.
 
 Same as ``timm-tm bench``; ``python benchmarks/throughput.py --help`` lists the options, e.g.::
 

@@ -100,6 +100,7 @@ def test_scale_sweep_grows_with_templates(tmp_path):
         (['--device', 'tpu'], '--device'),
         (['--scale', '--scale-classes', '10,x'], '--scale-classes'),
         (['--tm-stages', '5'], '--tm-stages'),
+        (['--models', 'convnext_tiny', '--tm-stages', '4'], '--tm-stages: tm_convnext_tiny: tm_stages must be'),
         (['--tm-stages', '3,3'], '--tm-stages'),
         (['--scale', '--scale-stages', '4;0'], '--scale-stages'),
         (['--scale', '--scale-templates-classes', '0'], '--scale-templates-classes'),
@@ -121,6 +122,9 @@ def test_bad_arguments_name_the_parameter(argv, message, tmp_path, capsys):
 def test_parse_models():
     assert parse_models('18,50,101') == ['tm_resnet18', 'tm_resnet50', 'tm_resnet101']
     assert parse_models('resnet50,tm_resnet18') == ['tm_resnet50', 'tm_resnet18']
+    assert parse_models('convnext_tiny,tm_regnety_016,efficientnet_b0') == [
+        'tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0'
+    ]  # fmt: skip
     assert parse_models('resnet50d, tm_seresnext50_32x4d,wide_resnet50_2') == [
         'tm_resnet50d',
         'tm_seresnext50_32x4d',
@@ -128,6 +132,9 @@ def test_parse_models():
     ]
     for bad in ('resnet50s', 'tm_resnet18_small', '7'):  # not in the family; no twin in timm; no such depth
         with pytest.raises(ValueError, match=f"--models: '{bad}' is none of resnet18, resnet26, .*resnet50d"):
+            parse_models(bad)
+    for bad in ('resnet18_small', 'mobilenetv3_large_100'):  # no tm_* model: one built on no timm model
+        with pytest.raises(ValueError, match=f'--models: {bad!r} is none of .*resnet50d, .*convnext_tiny'):
             parse_models(bad)
 
 
@@ -143,6 +150,21 @@ def test_a_variant_is_benched_against_its_base_side_by_side(tmp_path, capsys):
     extra = _tm_params([(256, 10), (512, 10)])  # the same backbone: the TM blocks are the only difference
     assert pair['profile']['tm']['params_m'] * 1e6 - pair['profile']['base']['params_m'] * 1e6 == pytest.approx(
         extra, abs=0.5
+    )
+
+
+def test_a_new_family_against_its_base_side_by_side(tmp_path, capsys):
+    """tm_efficientnet_b0 against efficientnet_b0: the TM block after blocks.6 (320 channels) costs its templates."""
+    pytest.importorskip('fvcore')
+    out = tmp_path / 'bench.json'
+    argv = ['--models', 'efficientnet_b0', '--rounds', '1', '--modes', 'infer', '--no-memory', '--num-classes', '10']
+    assert main([*argv, *TINY, '-o', str(out)]) == 0
+    assert '| tm_efficientnet_b0 / efficientnet_b0 | eager |' in capsys.readouterr().out
+    (pair,) = json.loads(out.read_text())['pairs']
+    assert (pair['tm_model'], pair['base_model']) == ('tm_efficientnet_b0', 'efficientnet_b0')
+    prof = pair['profile']
+    assert prof['tm']['params_m'] * 1e6 - prof['base']['params_m'] * 1e6 == pytest.approx(
+        _tm_params([(320, 10)]), abs=0.5
     )
 
 

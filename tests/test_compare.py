@@ -581,3 +581,21 @@ def test_array_data_that_would_not_fit_in_memory_is_refused_before_it_is_made():
     check_memory(1797, 16, 8, '--img-size 16', runs=2)  # the digits at their default size
     with pytest.raises(ValueError, match=r'--img-size 1024: 1000000 images of 1024 x 1024 px take .* GiB in memory'):
         check_memory(10**6, 1024, 8, '--img-size 1024', runs=2)
+
+
+def test_another_timm_cnn_against_itself_without_tm_blocks(tmp_path, capsys):
+    """--model tm_efficientnet_b0: the baseline is efficientnet_b0 (tm_stages=()); --channels and --layers shape the
+    tm_resnet models only, and are refused for it."""
+    out = tmp_path / 'run'
+    argv = [
+        '--dataset', 'digits', '--train-size', '64', '--val-size', '40', '--img-size', '32', '--epochs', '1',
+        '--warmup-epochs', '0', '--batch-size', '32', '--threads', '1', '--jobs', '1', '--model', 'tm_efficientnet_b0',
+        '--seeds', '0',
+    ]  # fmt: skip
+    assert main(argv + ['--variants', 'baseline', 'tm', '--out', str(out)]) == 0
+    runs = {r['variant']: r for r in json.loads((out / 'results.json').read_text())['runs']}
+    assert runs['baseline']['evidence_weight'] == {} and list(runs['tm']['evidence_weight']) == ['blocks.6.1']
+    with pytest.raises(SystemExit) as e:
+        main(argv + ['--channels', '8,16,16,16', '--out', str(tmp_path / 'never')])
+    assert e.value.code == 2
+    assert '--channels and --layers shape the tm_resnet models' in capsys.readouterr().err

@@ -144,11 +144,34 @@ def test_export_plain_weights_and_model_kwargs_from_a_bare_state_dict(tmp_path):
     assert config['model_args']['templates_per_class'] == 2 and config['num_classes'] == 4
     card = (out / 'README.md').read_text()
     assert 'no accuracy is claimed' in card
-    assert "A `tm_resnet18_small`: timm's ResNet with template-matching" in card  # the packaged default card
+    assert 'A `tm_resnet18_small`: a timm CNN (the base model below) with template-matching' in card  # the default card
+    assert '**Base model:** `tm_resnet18_small` with `tm_stages=()`' in card
     x = torch.randn(2, 3, 32, 32)
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert torch.equal(_logits(loaded, x), _logits(model, x))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_export_of_another_timm_cnn_names_its_base_model_and_weights(tmp_path):
+    """A train.py checkpoint of tm_efficientnet_b0 fine-tuned from timm's efficientnet_b0.ra_in1k: the card names the
+    base model and the weights the training started from, and the folder reloads to the same logits."""
+    import argparse
+
+    model = timm.create_model('tm_efficientnet_b0', num_classes=5).eval()
+    args = argparse.Namespace(
+        model='tm_efficientnet_b0.ra_in1k', pretrained=True, num_classes=5, model_kwargs={}, input_size=None,
+        in_chans=None, mean=None, std=None, crop_pct=None, data_dir=None, dataset='', class_map='',
+    )  # fmt: skip
+    torch.save({'epoch': 3, 'state_dict': model.state_dict(), 'args': args}, tmp_path / 'last.pth.tar')
+    out = tmp_path / 'out'
+    assert export_main([str(tmp_path / 'last.pth.tar'), '--model', 'tm_efficientnet_b0', '--out', str(out)]) == 0
+    card = (out / 'README.md').read_text()
+    assert "**Base model:** timm's `efficientnet_b0` (the same network without the TM blocks)" in card
+    assert "**Initial weights:** `timm/efficientnet_b0.ra_in1k`, timm's own weights of the base" in card
+    assert yaml.safe_load(card.split('---')[1])['base_model'] == 'timm/efficientnet_b0.ra_in1k'
+    assert 'blocks after blocks.6.1' in card
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(_logits(timm.create_model(f'local-dir:{out}', pretrained=True), x), _logits(model, x))
 
 
 def test_force_replaces_only_a_previous_export(run, tmp_path, capsys):
@@ -503,6 +526,9 @@ def test_a_variant_fine_tuned_from_a_tag_exports_naming_its_base_and_weights(tmp
             None,
         ),
         ({'model': 'x', 'pretrained': True, 'pretrained_path': '/w/a.safetensors'}, '`a.safetensors` (train.py', None),
+        # a tag this timm does not know (timm raises): named as recorded, no traceback
+        ({'model': 'tm_convnext_tiny.no_such_tag', 'pretrained': True}, 'of `tm_convnext_tiny.no_such_tag`', None),
+        ({'model': 'tm_convnext_tiny.fb_in1k', 'pretrained': True}, '`timm/convnext_tiny.fb_in1k`', 'timm/'),
     ],
 )
 def test_card_names_the_weights_a_run_started_from(args, text, hub):
@@ -512,6 +538,8 @@ def test_card_names_the_weights_a_run_started_from(args, text, hub):
     assert text in sentence and (repo or '').startswith(hub or '') and (repo is None) == (hub is None)
     assert base_model_text('tm_ecaresnet50d') == "timm's `ecaresnet50d` (the same network without the TM blocks)"
     assert base_model_text('tm_resnet18_small').startswith('`tm_resnet18_small` with `tm_stages=()`')
+    assert base_model_text('tm_convnext_tiny') == "timm's `convnext_tiny` (the same network without the TM blocks)"
+    assert base_model_text('tm_no_such_model') == 'not known to this timm-tm'
 
 
 def test_tampered_local_dir_weights_are_refused(exported, tmp_path):

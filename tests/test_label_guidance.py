@@ -189,3 +189,29 @@ def test_class_evidence_alone_ranks_the_true_class_after_short_training(mnist_ar
     control_top1 = (_class_evidence(control, x_test, weighted=False).argmax(1) == y_test).float().mean().item()
     assert control_top1 <= 0.35, f'without the label path the evidence should stay near chance, got {control_top1:.1%}'
     assert top1 >= control_top1 + 0.3
+
+
+# the other timm CNNs (timm_tm/models/tm_attach.py): ConvNeXt, RegNet, EfficientNet, through one mechanism
+OTHER_FAMILIES = ['tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0']
+
+
+@pytest.mark.parametrize('loss', ['cross_entropy', 'mixup', 'bce', 'distillation'])
+@pytest.mark.parametrize('name', OTHER_FAMILIES)
+def test_label_gradient_reaches_templates_of_other_families(name, loss, digits_batch):
+    """The same contract as tm_resnet's: whatever loss train.py builds on the logits, the label reaches the templates
+    of every TM block (32 px: ConvNeXt's and EfficientNet's last stage is then 1 x 1)."""
+    x, y = digits_batch
+    x = F.interpolate(x[:8], size=(32, 32), mode='bilinear', align_corners=False)
+    y = y[:8]
+    model = timm.create_model(name, num_classes=NUM_CLASSES, embedding='none')
+    task, mixup = _task(loss, model)
+    grads = _tm_grads(task, mixup, x, y)
+    grads_other_labels = _tm_grads(task, mixup, x, (y + 1) % NUM_CLASSES)
+    assert set(grads) == set(model.tm_blocks()) and grads
+    for block, (g_templates, g_weight) in grads.items():
+        assert torch.isfinite(g_templates).all()
+        assert g_templates.abs().sum() > 0, f'{name} {loss}: no gradient reaches the templates of {block}'
+        assert not torch.allclose(g_templates, grads_other_labels[block][0]), (
+            f'{name} {loss}: {block} ignores the label'
+        )
+        assert g_weight == 0  # 'gradient' mode: the evidence weight is a fixed gain

@@ -186,6 +186,53 @@ def test_benchmark_py_through_timm_tm_run(train_py, tmp_path):
     assert float(row['infer_samples_per_sec']) > 0 and float(row['train_samples_per_sec']) > 0
 
 
+# the other timm CNNs, one mechanism (timm_tm/models/tm_attach.py)
+OTHER_FAMILIES = ['tm_convnext_tiny', 'tm_regnety_016', 'tm_efficientnet_b0']
+
+
+def _train_from(train_py, name, mnist_folder, tmp_path, initial, *model_kwargs) -> dict:
+    """One epoch of train.py with mixup, cutmix and an EMA, from the weights in ``initial`` (TM blocks without an
+    embedding, and ``model_kwargs``): the model's and the EMA's weights of its last checkpoint."""
+    out = tmp_path / 'out'
+    cmd = [
+        sys.executable, str(train_py), str(mnist_folder), '--device-modules', 'timm_tm', '--model', name,
+        '--num-classes', '10', '--input-size', '3', '32', '32', '--device', 'cpu', '--epochs', '1', '-b', '20',
+        '--opt', 'adamw', '--lr', '1e-3', '--weight-decay', '0', '--warmup-epochs', '0', '--mixup', '0.8',
+        '--cutmix', '1.0', '--model-ema', '--model-ema-decay', '0.9', '--initial-checkpoint', str(initial),
+        '--scale', '0.7', '1.0', '--hflip', '0', '--workers', '0', '--val-split', 'validation', '--output', str(out),
+        '--experiment', 'e', '--seed', '0', '--model-kwargs', 'embedding=none', *model_kwargs,
+    ]  # fmt: skip
+    _run(cmd, cwd=tmp_path)
+    last = out / 'e' / 'last.pth.tar'  # read as export reads it (its args are an argparse.Namespace)
+    return {'state_dict': read_checkpoint(last)[0], 'state_dict_ema': read_checkpoint(last, use_ema=True)[0]}
+
+
+@pytest.mark.train_script
+@pytest.mark.parametrize('name', OTHER_FAMILIES)
+def test_train_py_with_mixup_and_ema_moves_the_templates_of_other_families(name, train_py, mnist_folder, tmp_path):
+    """No weight decay: the templates move only through the labels' gradient (AdamW leaves a parameter with zero
+    gradient where it is), and no embedding (whatever the block's default): the labels are the templates' only way to
+    change. The control, with the evidence weight at 0, is the same run without that path."""
+    initial = tmp_path / 'initial.pth'
+    start = timm.create_model(name, num_classes=10, embedding='none').state_dict()
+    torch.save(start, initial)
+    checkpoint = _train_from(train_py, name, mnist_folder, tmp_path, initial)
+    templates = [k for k in start if k.endswith('.templates.weight')]
+    assert templates
+    for key in ('state_dict', 'state_dict_ema'):
+        for k in templates:
+            moved = (checkpoint[key][k] - start[k]).abs().max().item()
+            assert moved > 1e-4, f'{key} {k}: the templates did not move ({moved})'
+    if name != 'tm_efficientnet_b0':  # the control once, on the cheapest model
+        return
+    control_start = timm.create_model(name, num_classes=10, embedding='none', evidence_weight_init=0.0).state_dict()
+    torch.save(control_start, initial)
+    (tmp_path / 'control').mkdir()
+    control = _train_from(train_py, name, mnist_folder, tmp_path / 'control', initial, 'evidence_weight_init=0.0')
+    for k in templates:
+        assert torch.equal(control['state_dict'][k], control_start[k]), f'{k} moved without the labels'
+
+
 # Two variants stand for the new members of the family: the label path into the templates (the blocks' class
 # evidence in the logits) is the family's one forward path, TemplateMatchingStage, whatever timm blocks run before it;
 # tm_resnet18d (deep stem, average-pool downsampling, TM after stages 3 and 4) and tm_seresnext50_32x4d (grouped SE

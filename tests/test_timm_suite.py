@@ -15,7 +15,8 @@ bottleneck blocks, the plain and the deep (ResNet-D) stem, strided-conv and aver
 (ResNeXt), SE and ECA attention (tm_resnet18d, tm_seresnext50_32x4d, tm_ecaresnet50d for the last four). What is
 left out is a deeper or wider stack of those: tm_resnet34d, 50d and 101d of tm_resnet18d's, tm_resnext50_32x4d of
 tm_seresnext50_32x4d's, tm_wide_resnet50_2 of tm_resnet50's (wider bottlenecks), tm_resnet101 and 152 of
-tm_resnet50's.
+tm_resnet50's. For the other timm CNNs (tm_convnext_tiny, tm_regnety_016, tm_efficientnet_b0: one mechanism,
+timm_tm/models/tm_attach.py, whose FX path tests/test_tm_attach.py checks on each) the FX tests.
 """
 
 import json
@@ -44,6 +45,9 @@ FULL_ONLY = {
     'tm_seresnext50_32x4d': FX_TESTS,
     'tm_ecaresnet50d': FX_TESTS,
     'tm_wide_resnet50_2': FX_TESTS | {TORCHSCRIPT, BACKWARD},
+    'tm_convnext_tiny': FX_TESTS,
+    'tm_regnety_016': FX_TESTS,
+    'tm_efficientnet_b0': FX_TESTS,
 }
 # the timm test functions every tm_* architecture must pass
 CORE_TESTS = {

@@ -118,6 +118,35 @@ def test_class_maps_of_any_timm_model_with_a_tm_block_keep_grad_when_asked():
     assert model.layer4[2].templates.weight.grad is not None
 
 
+@pytest.mark.parametrize('name', ['tm_convnext_tiny', 'tm_efficientnet_b0'])
+def test_class_maps_and_pictures_of_other_timm_cnns(name, tmp_path, capsys):
+    """The other timm CNNs' blocks (tm_attach: a stage's own forward then the block; a Sequential's next child)
+    give class maps, the same logits, and timm-tm visualize pictures from a bare state_dict (the classes read from
+    the model's own head, not ResNet's fc)."""
+    from PIL import Image
+
+    model = timm.create_model(name, num_classes=7, evidence_mode='logits').eval()
+    x = torch.randn(2, 3, 64, 64)
+    output, maps = compute_class_maps_and_output(model, x)
+    assert list(maps) == list(model.tm_blocks())
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(output, model(x))
+        torch.testing.assert_close(
+            model.forward_head(features) + sum(m.weighted_evidence for m in maps.values()), output
+        )
+    for m in maps.values():
+        assert m.class_map.shape[:2] == (2, 7) and m.best_class.shape == (2, *m.class_map.shape[-2:])
+    weights = tmp_path / 'weights.pth'  # the default TM options: the recorded tm_config must fit --model's
+    torch.save(timm.create_model(name, num_classes=7).state_dict(), weights)
+    image = tmp_path / 'image.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(image)
+    rc, err = _run_main(capsys, image, '--model', name, '--checkpoint', weights, '--out', tmp_path / 'maps.png')
+    assert rc == 0, err
+    with Image.open(tmp_path / 'maps.png') as im:
+        assert im.size[0] > 100
+
+
 def test_model_without_tm_blocks_is_a_clear_error():
     model = timm.create_model('resnet18', num_classes=5, channels=(16, 32, 64, 128))
     with pytest.raises(ValueError, match='no TemplateMatching blocks'):

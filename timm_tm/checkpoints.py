@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import safetensors.torch
 import torch
-from timm.models import clean_state_dict
+from timm.models import clean_state_dict, get_pretrained_cfg_value
 from timm.utils import natural_key
 
 from timm_tm.cli import first_line
@@ -217,14 +217,23 @@ def data_args_from_args(args: Dict[str, Any], source: str) -> Dict[str, Any]:
     return out
 
 
-def num_classes_from(args: Dict[str, Any], state_dict: Dict[str, Any], source: str) -> Optional[int]:
-    """The classes of the run's head: ``args['num_classes']``, else the rows of ``fc.weight``; None if unknown."""
+def num_classes_from(
+    args: Dict[str, Any], state_dict: Dict[str, Any], source: str, model_name: Optional[str] = None
+) -> Optional[int]:
+    """The classes of the run's head: ``args['num_classes']``, else the rows of the head's weight (the classifier
+    that ``model_name``'s pretrained cfg names, ``fc`` without one); None if unknown."""
     n = args.get('num_classes')
     if n is not None:
         if not _is_kind(n, int):
             raise CheckpointError(f"{source}: args 'num_classes' is {n!r}, expected a positive int")
         return n
-    fc = state_dict.get('fc.weight')
+    try:
+        classifier = get_pretrained_cfg_value(model_name, 'classifier') if model_name else None
+    except RuntimeError:  # a name timm has no pretrained cfg for
+        classifier = None
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[0] if classifier else None
+    fc = state_dict.get(f'{classifier or "fc"}.weight')
     if fc is not None and fc.ndim == 2:
         return int(fc.shape[0])
     return None

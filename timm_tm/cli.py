@@ -26,7 +26,7 @@ COMMANDS = {
     'push': ('timm_tm.push:main', 'upload an exported folder to the Hugging Face Hub'),
     'bench': (
         'timm_tm.bench:main',
-        'throughput / memory of tm_X against timm X (resnet50, resnet50d, ...), side by side',
+        'throughput / memory of tm_X against timm X (resnet50d, convnext_tiny, ...), side by side',
     ),
     'visualize': ('timm_tm.visualize:main', 'draw the per-region class maps of a TM model on images'),
 }

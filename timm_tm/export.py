@@ -257,7 +257,7 @@ def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Di
     problem = repo_id_problem(repo_id)
     if problem:
         raise ExportError(f'--repo {repo_id!r} (default {HUB_NAMESPACE}/NAME): not a valid Hub repo id: {problem}')
-    num_classes, kwargs = _classes_and_kwargs(request, args, state_dict)
+    num_classes, kwargs = _classes_and_kwargs(request, args, state_dict, model_name)
     if name in TM_WEIGHTS and request.untrained_templates:
         raise ExportError(
             f'--name {name}: that tag holds TM-trained weights; untrained templates go under another name'
@@ -274,7 +274,7 @@ def _resolve_target(request: ExportRequest, state_dict: Dict[str, Any], meta: Di
 
 
 def _classes_and_kwargs(
-    request: ExportRequest, args: Dict[str, Any], state_dict: Dict[str, Any]
+    request: ExportRequest, args: Dict[str, Any], state_dict: Dict[str, Any], model_name: str
 ) -> Tuple[int, Dict[str, Any]]:
     """(classes of the head, the other model kwargs): the request's, else the run's, else the head's rows."""
     source = str(request.checkpoint)
@@ -283,7 +283,7 @@ def _classes_and_kwargs(
     num_classes = request.num_classes if request.num_classes is not None else kwargs.get('num_classes')
     kwargs.pop('num_classes', None)
     if num_classes is None:
-        num_classes = num_classes_from(args, state_dict, source)
+        num_classes = num_classes_from(args, state_dict, source, model_name)
     if num_classes is None:
         raise ExportError(f'{request.checkpoint}: cannot tell the number of classes: pass --num-classes')
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:

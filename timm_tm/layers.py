@@ -137,6 +137,10 @@ class TemplateMatching(nn.Module):
         self.log_temperature_max = math.log(t_max)
         self.evidence_weight_init = float(evidence_weight_init)
         self._norm_layer = norm_layer
+        # a model that cannot pass ``evidence`` through its stages (timm_tm.models.tm_attach) sets a list here for one
+        # forward pass, and sets reports_evidence for good (see _report_evidence)
+        self.evidence_sink: Optional[List[torch.Tensor]] = None
+        self.reports_evidence = False
         # log-parameterized so the temperature stays > 0 whatever the optimizer does
         self.log_temperature = nn.Parameter(torch.empty((), **dd))
         self.evidence_weight = nn.Parameter(torch.empty((), **dd))
@@ -342,7 +346,32 @@ class TemplateMatching(nn.Module):
         y, scores = self.match_and_embed(x)
         if evidence is not None:
             evidence.append(self.class_evidence(scores))
+        elif self.reports_evidence and not torch.jit.is_scripting():
+            self._report_evidence(x, scores)
         return block_output(y)
+
+    @torch.jit.unused
+    def _report_evidence(self, x: torch.Tensor, scores: torch.Tensor) -> None:
+        """Append the B x N weighted class evidence to ``evidence_sink`` when it is set.
+
+        It is computed whenever autograd records, sink or not, so that a non-reentrant gradient checkpoint's
+        recomputation (in backward, the sink unset) saves the tensors its forward saved. Inside a reentrant checkpoint
+        the forward runs without autograd: the evidence is then computed again from the block's input with autograd
+        on, so that the labels still reach the templates (and the stage below, when the block is a checkpoint segment
+        of its own).
+        """
+        sink = self.evidence_sink
+        if torch.is_grad_enabled():
+            evidence = self.class_evidence(scores)
+        elif sink is None:
+            return
+        elif self.training and not torch.is_inference_mode_enabled():  # a reentrant checkpoint's forward
+            with torch.enable_grad():
+                evidence = self.class_evidence(self.match(x))
+        else:
+            evidence = self.class_evidence(scores)
+        if sink is not None:
+            sink.append(evidence)
 
     def extra_repr(self) -> str:
         return (

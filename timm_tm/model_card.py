@@ -19,10 +19,10 @@ import string
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import timm
 import torch.nn as nn
 from timm.models import get_pretrained_cfg
 
+from timm_tm.models import base_model_name
 from timm_tm.models.tm_resnet import TM_ARCHS, tm_baseline
 
 __all__ = [
@@ -55,7 +55,7 @@ CARD_FIELDS: Dict[str, str] = {
     'activations_m': 'activations, millions, at image_size',
     'image_size': 'input size the numbers are measured at, e.g. "32 x 32"',
     'tm_block': 'what the exported TM blocks compute, in words (embedding, how the evidence reaches the logits)',
-    'base_model': "the TM-free network the architecture adds its TM blocks to, e.g. timm's `resnet50d`",
+    'base_model': "the TM-free network the architecture adds its TM blocks to, e.g. timm's `convnext_tiny`",
     'initial_weights': 'what the run started from: timm weights (e.g. `timm/resnet50d.ra2_in1k`), a file, or none',
     'base_model_yaml': 'front matter line `base_model: ORG/NAME` when the run started from Hub weights, else empty',
     'tm_details': 'TM block placement, templates per class, classes',
@@ -203,8 +203,8 @@ ${base_model_yaml}
 
 ${description}
 
-A `${architecture}`: timm's ResNet with template-matching (TM) blocks ("Feature Embedding by Template Matching as a
-ResNet Block", BMVC 2022). ${tm_block}
+A `${architecture}`: a timm CNN (the base model below) with template-matching (TM) blocks ("Feature Embedding by
+Template Matching as a ResNet Block", BMVC 2022). ${tm_block}
 
 ## Model Details
 - **Model Type:** Image classification / feature backbone
@@ -328,7 +328,7 @@ def tm_block_text(model: nn.Module) -> str:
     """What ``model``'s TM blocks compute, in two sentences written from the blocks themselves."""
     blocks = model.tm_blocks() if hasattr(model, 'tm_blocks') else {}
     if not blocks:
-        return 'This model has no TM block: it computes what its ResNet computes.'
+        return 'This model has no TM block: it computes what its base model computes.'
     first = next(iter(blocks.values()))
     return (
         'Each TM block scores every region of its feature map against per-class templates (cosine, learnable '
@@ -344,10 +344,10 @@ def base_model_text(architecture: str) -> str:
             shown = ', '.join(f'{k}={v}' for k, v in kwargs.items())
             return f'`{base}` with `{shown}` (the same network without TM blocks; timm has no such ResNet)'
         return f"timm's `{base}` (the same network without the TM blocks)"
-    base = architecture[len('tm_') :] if architecture.startswith('tm_') else ''
-    if base and timm.is_model(base):
-        return f"timm's `{base}` (the same network without the TM blocks)"
-    return 'not known to this timm-tm'
+    try:  # the other timm CNNs (timm_tm.models.tm_attach): tm_convnext_tiny on convnext_tiny, ...
+        return f"timm's `{base_model_name(architecture)}` (the same network without the TM blocks)"
+    except ValueError:
+        return 'not known to this timm-tm'
 
 
 def initial_weights(args: Dict[str, Any]) -> Tuple[str, Optional[str]]:
@@ -363,7 +363,10 @@ def initial_weights(args: Dict[str, Any]) -> Tuple[str, Optional[str]]:
     if args.get('pretrained_path'):
         return f'the weights file `{Path(args["pretrained_path"]).name}` (train.py --pretrained-path)', None
     model = args.get('model')
-    cfg = get_pretrained_cfg(model) if isinstance(model, str) else None  # None for hf-hub: and local-dir: names
+    try:
+        cfg = get_pretrained_cfg(model) if isinstance(model, str) else None  # None for hf-hub: and local-dir: names
+    except RuntimeError:  # a tag this timm does not know
+        cfg = None
     if cfg is None:
         return f'the pretrained weights of `{model}` (train.py --pretrained)', None
     tag = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture

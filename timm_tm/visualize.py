@@ -132,13 +132,13 @@ def _read_model_checkpoint(
         state_dict, meta = read_checkpoint(checkpoint, use_ema=use_ema)
         args = meta['args']
         kwargs = model_kwargs_from_args(args, checkpoint)
+        model_name = model_name or meta.get('arch') or args.get('model')
+        if not model_name:
+            raise VisualizeError(f'{checkpoint} does not name its model: pass --model')
         if num_classes is None:
-            num_classes = num_classes_from(args, state_dict, checkpoint)
+            num_classes = num_classes_from(args, state_dict, checkpoint, model_name)
     except CheckpointError as e:
         raise VisualizeError(str(e)) from e
-    model_name = model_name or meta.get('arch') or args.get('model')
-    if not model_name:
-        raise VisualizeError(f'{checkpoint} does not name its model: pass --model')
     templates = [v for k, v in state_dict.items() if k.endswith('.templates.weight')]
     if templates and num_classes and 'templates_per_class' not in kwargs:
         # the stored templates are num_classes x templates_per_class rows

@@ -1,4 +1,5 @@
-"""``timm-tm bench``: the cost of the TM blocks, each tm_X against timm's X (resnet50, resnet50d, ...) side by side.
+"""``timm-tm bench``: the cost of the TM blocks, each tm_X against timm's X (resnet50d, convnext_tiny, ...) side by
+side.
 
 Both models of a pair run in one process, alternating A B, B A, A B, ... (the order flips every round so that a
 slow drift of the machine hits both alike), for inference (``model(x)`` in eval mode under ``torch.no_grad``) and

@@ -8,45 +8,50 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+import timm
 import torch
 
 from timm_tm.cli import command_parser, int_list, report_error
 from timm_tm.files import atomic_write_text
-from timm_tm.models.tm_resnet import STAGES, TM_ARCHS, tm_baseline
 
 from .machine import load_average, machine_record
 from .memory import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD
-from .pair import bench_pair
+from .pair import BENCH_MODELS, bench_base, bench_models, bench_pair
 from .report import TARGETS, format_pair, markdown_summary, scale_table
 from .runner import MODES
 
-__all__ = ['BENCH_MODELS', 'parse_models', 'stage_set', 'build_parser', 'resolve_config', 'main']
-
-# the tm_* models with a twin in timm (tm_X against timm's X); tm_resnet18_small's baseline is itself without TM
-# blocks, which `timm-tm compare` trains against it
-BENCH_MODELS = tuple(name for name in TM_ARCHS if not tm_baseline(name)[1])
+__all__ = ['BENCH_MODELS', 'parse_models', 'stage_set', 'default_tm_stages', 'build_parser', 'resolve_config', 'main']
 
 
 def parse_models(spec: str) -> List[str]:
-    """'18,resnet50d,tm_resnext50_32x4d' -> ['tm_resnet18', 'tm_resnet50d', 'tm_resnext50_32x4d']: a ResNet depth,
-    timm's base name or the tm_ name of each model of :data:`BENCH_MODELS`."""
+    """'18,resnet50d,tm_resnext50_32x4d,convnext_tiny' -> ['tm_resnet18', 'tm_resnet50d', 'tm_resnext50_32x4d',
+    'tm_convnext_tiny']: a ResNet depth, timm's base name or the tm_ name of each model :func:`bench_models` lists
+    (:data:`BENCH_MODELS`, the ResNet family, then the other timm CNNs)."""
     names = []
     for item in spec.split(','):
         item = item.strip()
         name = f'tm_resnet{item}' if item.isdigit() else item if item.startswith('tm_') else f'tm_{item}'
-        if name not in BENCH_MODELS:
-            known = ', '.join(tm_baseline(n)[0] for n in BENCH_MODELS)
+        if bench_base(name) is None:
+            known = ', '.join(bench_base(n) for n in bench_models())
             raise ValueError(f'--models: {item!r} is none of {known} (or a depth: --models 18,50,resnet50d)')
         names.append(name)
     return names
 
 
 def stage_set(text: str) -> Tuple[int, ...]:
-    """argparse type: '3,4' -> (3, 4); '' -> () (no TM blocks). Distinct ResNet stages 1-4."""
-    stages = tuple(int_list(text))
-    if any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
-        raise argparse.ArgumentTypeError(f'expected distinct ResNet stages from {STAGES}, e.g. 3,4, got {text!r}')
+    """argparse type: '3,4' -> (3, 4); '' -> () (no TM blocks). Distinct feature_info indices (the model checks
+    their range: :func:`default_tm_stages`)."""
+    stages = tuple(int_list(text, minimum=0))
+    if len(set(stages)) != len(stages):
+        raise argparse.ArgumentTypeError(f'expected distinct stages, e.g. 3,4, got {text!r}')
     return stages
+
+
+def default_tm_stages(name: str, tm_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
+    """The TM stages of ``name`` built with ``tm_kwargs`` (on the meta device: nothing is allocated); a ValueError
+    or TypeError (naming the parameter) when the model refuses them."""
+    with torch.device('meta'):
+        return tuple(timm.create_model(name, **(tm_kwargs or {})).tm_stages)
 
 
 def _stage_sets(text: str) -> List[Tuple[int, ...]]:
@@ -58,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``timm-tm bench`` (the arguments in the order ``--help`` lists them)."""
     parser = command_parser(
         'bench',
-        description='Throughput and peak memory of each tm_X against timm X, run side by side (A B B A ...).',
+        description='Throughput and peak memory of each tm_X against timm X (resnet50d, convnext_tiny, ...), run side '
+        'by side (A B B A ...).',
     )
     _add_model_arguments(parser)
     _add_run_arguments(parser)
@@ -71,7 +77,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--models',
         default='50',
-        help="models to compare with their base, e.g. '18,50,101' (ResNet depths) or 'resnet50d,resnext50_32x4d' "
+        help="models to compare with their base, e.g. '18,50,101' (ResNet depths) or 'resnet50d,convnext_tiny' "
         '(timm names, with or without tm_; default: 50)',
     )
     parser.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present)")
@@ -228,9 +234,17 @@ def _tm_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return tm_kwargs
 
 
-def _default_stages(name: str) -> Tuple[int, ...]:
-    """The TM stages the tm_* model ``name`` has by default (the --scale sweep skips this stage set)."""
-    return tuple(TM_ARCHS[name]['tm_stages'])
+def _check_stages(models: List[str], tm_kwargs: Dict[str, Any], args: argparse.Namespace) -> None:
+    """--tm-stages (for every model) and --scale-stages (for the first) must be stages the model has: a ValueError
+    naming the flag."""
+    checks = [('--tm-stages', name, tm_kwargs) for name in models if 'tm_stages' in tm_kwargs]
+    if args.scale:
+        checks += [('--scale-stages', models[0], dict(tm_kwargs, tm_stages=s)) for s in args.scale_stages]
+    for flag, name, kwargs in checks:
+        try:
+            default_tm_stages(name, kwargs)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'{flag}: {name}: {e}') from None
 
 
 def _scale_configs(args: argparse.Namespace, default_stages: Tuple[int, ...]) -> List[Dict[str, Any]]:
@@ -277,10 +291,10 @@ def _start_results(command: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
 def _run_pairs(
     names: List[str], cfg: Dict[str, Any], tm_kwargs: Dict[str, Any], memory: bool, profile: bool
 ) -> List[Dict[str, Any]]:
-    """Each tm_X against timm's X, printed as it finishes."""
+    """Each tm_X against timm's X (:func:`bench_base`), printed as it finishes."""
     results = []
     for name in names:
-        print(f'\n== {name} vs {tm_baseline(name)[0]}', flush=True)
+        print(f'\n== {name} vs {bench_base(name)}', flush=True)
         result = bench_pair(name, cfg, tm_kwargs, memory=memory, profile=profile)
         print(format_pair(result), flush=True)
         results.append(result)
@@ -295,8 +309,8 @@ def _run_scale(
     memory: bool,
     profile: bool,
 ) -> List[Dict[str, Any]]:
-    """tm_X against X with the same class count, once per configuration of the sweep."""
-    default_stages = _default_stages(name)
+    """``name`` against its base with the same class count, once per configuration of the sweep."""
+    default_stages = default_tm_stages(name)
     rows = []
     for config in configs:
         row_cfg = dict(cfg, num_classes=config['num_classes'])
@@ -337,7 +351,7 @@ def _run(
         rows = _run_scale(name, cfg, tm_kwargs, scale_configs, args.scale_memory and not args.no_memory, profile)
         payload['scale'] = rows
         payload['markdown'] = scale_table(rows)
-        print(f'\n{name} against {tm_baseline(name)[0]} with the same class count (ratio = TM / baseline):')
+        print(f'\n{name} against {bench_base(name)} with the same class count (ratio = TM / baseline):')
         print(payload['markdown'])
     else:
         if not args.no_memory:
@@ -357,7 +371,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = parse_models(args.models)
         cfg = resolve_config(args)
         tm_kwargs = _tm_kwargs(args)
-        scale_configs = _scale_configs(args, _default_stages(names[0])) if args.scale else []
+        _check_stages(names, tm_kwargs, args)
+        scale_configs = _scale_configs(args, default_tm_stages(names[0])) if args.scale else []
         check_output(args.output, args.force)
     except ValueError as e:
         parser.error(str(e))

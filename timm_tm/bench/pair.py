@@ -1,19 +1,47 @@
-"""One pair, tm_X against timm's X: params and GMACs once, then per variant (eager, compiled) the
-alternating timing of each mode, the peak memory and the targets met."""
+"""One pair, a tm_* model against the timm model it is built on (tm_X against timm's X: resnet50d, convnext_tiny,
+...): params and GMACs once, then per variant (eager, compiled) the alternating timing of each mode, the peak memory
+and the targets met."""
 
 import gc
 from typing import Any, Dict, Optional, Tuple
 
+import timm
 import torch
 
-from timm_tm.models.tm_resnet import tm_baseline
+from timm_tm.models import base_model_name
+from timm_tm.models.tm_resnet import TM_ARCHS, tm_baseline
 from timm_tm.profiling import profile_model
 
 from .memory import cpu_memory, cuda_memory
 from .report import targets_met
 from .runner import Runner, create_model, ratio_block, time_alternating
 
-__all__ = ['bench_pair', 'profile_pair']
+__all__ = ['BENCH_MODELS', 'bench_base', 'bench_models', 'bench_pair', 'profile_pair']
+
+
+# the ResNet family's members with a twin in timm (tm_X against timm's X); tm_resnet18_small's baseline is itself
+# without TM blocks, which `timm-tm compare` trains against it
+BENCH_MODELS = tuple(name for name in TM_ARCHS if not tm_baseline(name)[1])
+
+
+def bench_base(name: str) -> Optional[str]:
+    """The timm model the tm_* model ``name`` (an architecture) is benched against: timm's X for tm_X of
+    :data:`BENCH_MODELS` (``tm_baseline``); for a tm_* model outside the ResNet family (``tm_attach``:
+    tm_convnext_tiny, ...) the timm model it is built on (``base_model_name``); None when there is no such model."""
+    if name in TM_ARCHS:
+        return tm_baseline(name)[0] if name in BENCH_MODELS else None
+    if name not in timm.list_models('tm_*'):
+        return None
+    try:
+        return base_model_name(name)
+    except ValueError:
+        return None
+
+
+def bench_models() -> Tuple[str, ...]:
+    """Every tm_* model :func:`bench_base` knows a base of: :data:`BENCH_MODELS`, then the other timm CNNs."""
+    others = [name for name in timm.list_models('tm_*') if name not in TM_ARCHS and bench_base(name)]
+    return BENCH_MODELS + tuple(others)
 
 
 def _profile(name: str, num_classes: int, kwargs: Dict[str, Any], img_size: int) -> Optional[Dict[str, float]]:
@@ -89,12 +117,13 @@ def bench_pair(
     memory: bool = True,
     profile: bool = True,
 ) -> Dict[str, Any]:
-    """Benchmark the tm_* model ``name`` (tm_X) against timm's X; ``cfg`` as :func:`timm_tm.bench.cli.resolve_config`
-    builds it. ``memory``: peak memory on the CPU too (on CUDA it is always measured); ``profile``: params / GMACs."""
+    """Benchmark the tm_* model ``name`` against :func:`bench_base` of it (tm_resnet50d against resnet50d,
+    tm_convnext_tiny against convnext_tiny); ``cfg`` as :func:`timm_tm.bench.cli.resolve_config` builds it.
+    ``memory``: peak memory on the CPU too (on CUDA it is always measured); ``profile``: params / GMACs."""
     tm_kwargs = dict(tm_kwargs or {})
-    tm, (base, base_kwargs) = name, tm_baseline(name)
-    if base_kwargs:
-        raise ValueError(f'{name} has no twin in timm (its baseline is itself with {base_kwargs}): nothing to bench')
+    tm, base = name, bench_base(name)
+    if base is None:
+        raise ValueError(f'{name} has no twin in timm: nothing to bench (the models: {", ".join(bench_models())})')
     result: Dict[str, Any] = {
         'tm_model': tm,
         'base_model': base,

@@ -101,11 +101,15 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         '--channels',
         type=int_list,
-        default=[16, 32, 64, 128],
-        help="stage widths, comma-separated ('' = the model's own, 64,128,256,512)",
+        default=None,
+        help="stage widths of a tm_resnet model, comma-separated (default 16,32,64,128; '' = the model's own, "
+        '64,128,256,512); other models keep their own',
     )
     group.add_argument(
-        '--layers', type=int_list, default=None, help="blocks per stage, e.g. 2,2,2,2 (default: model's)"
+        '--layers',
+        type=int_list,
+        default=None,
+        help="blocks per stage of a tm_resnet model, e.g. 2,2,2,2 (default: model's)",
     )
     group.add_argument(
         '--variants',
@@ -196,8 +200,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.channels == []:
-        args.channels = None
     with stop_on_sigterm():
         try:
             return _compare(args, argv, parser)
@@ -286,6 +288,21 @@ def _check_data_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         args.hflip = 0.5 if args.dataset in ('fashion-mnist', 'folder') else 0.0
 
 
+def _check_widths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--channels and --layers: a tm_resnet model's (narrow widths by default: 16,32,64,128), not another family's."""
+    resnet = args.model in timm.list_models(module='tm_resnet')
+    if not resnet and (args.channels is not None or args.layers is not None):
+        parser.error(f'--channels and --layers shape the tm_resnet models; {args.model} keeps its own: leave them out')
+    if args.channels is None and resnet:
+        args.channels = [16, 32, 64, 128]
+    if args.channels == []:  # '': the model's own widths
+        args.channels = None
+    if args.channels is not None and len(args.channels) != 4:
+        parser.error(f'--channels needs 4 stage widths, got {args.channels}')
+    if args.layers is not None and len(args.layers) != 4:
+        parser.error(f'--layers needs 4 block counts, got {args.layers}')
+
+
 def _check_sizes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """The model, its widths and depths, and the counts: epochs, batch, image size, subset sizes, seeds, threads,
     jobs, workers."""
@@ -303,10 +320,7 @@ def _check_sizes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
     for name, v in (('--img-size', args.img_size), ('--canvas', args.canvas)):
         if v > MAX_IMG_SIZE:
             parser.error(f'{name} must be <= {MAX_IMG_SIZE}, got {v} (compare trains on small images)')
-    if args.channels is not None and len(args.channels) not in (0, 4):
-        parser.error(f'--channels needs 4 stage widths, got {args.channels}')
-    if args.layers is not None and len(args.layers) != 4:
-        parser.error(f'--layers needs 4 block counts, got {args.layers}')
+    _check_widths(args, parser)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f'--seeds must be distinct, got {args.seeds}')
 
