@@ -44,7 +44,7 @@ from timm.models import (
 )
 
 from timm_tm.layers import CONFIG_KEY, EMBEDDINGS, TemplateMatching, check_int, tm_config_problem
-from timm_tm.models.tm_resnet import _fill_tm_entries, _source_tm_blocks, _tm_keys
+from timm_tm.models.tm_resnet import _fill_tm_entries, _source_tm_blocks, _template_count_problem, _tm_keys
 from timm_tm.pretrained import prepare_pretrained
 
 __all__ = [
@@ -473,32 +473,6 @@ def _tm_config_problems(
     if problem and not problems:
         problems.append(problem)
     return problems
-
-
-def _template_count_problem(
-    name: str, count: int, block: TemplateMatching, source_classes: Optional[int], head: Optional[str]
-) -> Optional[str]:
-    """Why ``count`` templates in the checkpoint's block ``name`` do not fit ``block``, or None."""
-    if source_classes is None:  # no head: its class count is unknown, so its template count must be this one
-        if count == block.num_templates:
-            return None
-        return (
-            f'it has no head ({head}.weight) and {count} templates in {name}, this model {block.num_templates} '
-            f'({block.num_classes} classes x {block.templates_per_class} per class): create the model with '
-            "num_classes=0 and the checkpoint's template_classes and templates_per_class"
-        )
-    if count % source_classes:
-        return (
-            f'its {count} templates in {name} are no whole number per class of its {source_classes} classes '
-            f'({head}.weight): it was not made for this model'
-        )
-    if count // source_classes != block.templates_per_class:
-        per_class = count // source_classes
-        return (
-            f'it has {per_class} templates per class ({count} for its {source_classes} classes in {name}), '
-            f'this model {block.templates_per_class}: create the model with templates_per_class={per_class}'
-        )
-    return None
 
 
 def _load_errors(

@@ -660,21 +660,22 @@ def _tm_config_problems(
 
 
 def _template_count_problem(
-    name: str, count: int, block: TemplateMatching, source_classes: Optional[int]
+    name: str, count: int, block: TemplateMatching, source_classes: Optional[int], head: str = 'fc'
 ) -> Optional[str]:
-    """Why ``count`` templates in the checkpoint's block ``name`` do not fit ``block``, or None."""
+    """Why ``count`` templates in the checkpoint's block ``name`` do not fit ``block``, or None (``head``: the
+    classifier whose weight gave ``source_classes``; tm_attach models name theirs)."""
     if source_classes is None:  # no head: its class count is unknown, so its template count must be this one
         if count == block.num_templates:
             return None
         return (
-            f'it has no head (fc.weight) and {count} templates in {name}, this model {block.num_templates} '
+            f'it has no head ({head}.weight) and {count} templates in {name}, this model {block.num_templates} '
             f'({block.num_classes} classes x {block.templates_per_class} per class): create the model with '
             "num_classes=0 and the checkpoint's template_classes and templates_per_class"
         )
     if count % source_classes:
         return (
             f'its {count} templates in {name} are no whole number per class of its {source_classes} classes '
-            '(fc.weight): it is not a tm_resnet checkpoint'
+            f'({head}.weight): it was not made for this model'
         )
     if count // source_classes != block.templates_per_class:
         per_class = count // source_classes
