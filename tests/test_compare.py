@@ -7,9 +7,10 @@ import re
 import pytest
 import torch
 
-from timm_tm.compare import main, parse_variant, runner
+from timm_tm.compare import control_pairs, main, parse_variant, runner
 from timm_tm.compare.cli import build_parser
 from timm_tm.compare.training import build_model
+from timm_tm.compare.variants import table_reference
 from timm_tm.data import FASHION_MNIST_DIR
 
 pytest.importorskip('sklearn')
@@ -166,6 +167,34 @@ def test_a_longer_variant_trains_its_own_epochs(tmp_path):
     assert main(TINY + ['--seeds', '0', '--variants', 'baseline', 'baseline-ep2', '--out', str(out)]) == 0
     runs = {r['variant']: r for r in json.loads((out / 'results.json').read_text())['runs']}
     assert len(runs['baseline']['top1_per_epoch']) == 1 and len(runs['baseline-ep2']['top1_per_epoch']) == 2
+
+
+def test_a_study_at_a_longer_budget_is_set_against_its_own_baselines():
+    # the Fashion-MNIST 100-epoch study: TM at 100 epochs against the 100-epoch baseline, its evidence-only twin
+    # and its -noguide control; the 200-epoch baseline against the 100-epoch one (the plateau check)
+    study = ['baseline-ep100', 'baseline-ep200', 'tm-embargmax-ep100', 'tm-noembed-ep100', 'tm-embargmax-ep100-noguide']
+    pairs = set(control_pairs(study))
+    assert pairs == {
+        ('tm-embargmax-ep100', 'baseline-ep100'), ('tm-noembed-ep100', 'baseline-ep100'),
+        ('tm-embargmax-ep100-noguide', 'baseline-ep100'), ('baseline-ep200', 'baseline-ep100'),
+        ('tm-embargmax-ep100', 'tm-noembed-ep100'), ('tm-embargmax-ep100', 'tm-embargmax-ep100-noguide'),
+    }  # fmt: skip
+    assert table_reference(study) == 'baseline-ep100'
+    # with the recipe's own baseline: every longer baseline against it, and each against the next shorter one
+    assert set(control_pairs(['baseline', 'baseline-ep200', 'baseline-ep100'])) == {
+        ('baseline-ep100', 'baseline'), ('baseline-ep200', 'baseline'), ('baseline-ep200', 'baseline-ep100'),
+    }  # fmt: skip
+    assert table_reference(['tm', 'baseline-ep100', 'baseline']) == 'baseline'
+    assert table_reference(['tm', 'tm-noembed']) == 'baseline'
+
+
+def test_the_table_of_a_longer_study_gives_differences_to_its_shortest_baseline(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main(TINY + ['--seeds', '0', '--variants', 'baseline-ep2', 'tm-ep2', '--out', str(out)]) == 0
+    md = (out / 'results.md').read_text()
+    assert 'difference to `baseline-ep2`' in md and 'Δ vs baseline-ep2' in md
+    assert _table_row(md, 'tm-ep2')[4] != '-'  # its difference is there, not a dash for a missing 'baseline'
+    assert 'tm-ep2 - baseline-ep2:' in capsys.readouterr().out
 
 
 def test_a_failed_run_exits_1_with_one_error_line_and_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):

@@ -59,16 +59,16 @@ def format_table(rows: List[Dict], reference: str = 'baseline') -> str:
     return '\n'.join(lines)
 
 
-def print_summary(rows: List[Dict], verdict_lines: Sequence[str], where: str) -> None:
-    """The terminal's summary: the table, top-1 and the difference to the baseline per variant, ``where`` the
+def print_summary(rows: List[Dict], verdict_lines: Sequence[str], where: str, reference: str = 'baseline') -> None:
+    """The terminal's summary: the table, top-1 and the difference to ``reference`` per variant, ``where`` the
     results are, and the verdicts."""
-    print(f'\n{format_table(rows)}\n')
+    print(f'\n{format_table(rows, reference)}\n')
     for r in rows:
         print(f'{r["variant"]:>14} top-1: {r["mean"]:.2f} ± {r["std"]:.2f} %  (seeds {r["seeds"]})')
     for r in rows:
         if 'diffs' in r:
             p_s = '' if r['p_value'] is None else f', paired t-test p = {r["p_value"]:.3f}'
-            print(f'{r["variant"]:>14} - baseline: {r["diff_mean"]:+.2f} ± {r["diff_std"]:.2f} points{p_s}')
+            print(f'{r["variant"]:>14} - {reference}: {r["diff_mean"]:+.2f} ± {r["diff_std"]:.2f} points{p_s}')
     print(f'\n{where}')
     for line in verdict_lines:
         print(line)

@@ -26,7 +26,7 @@ from timm_tm.cli import first_line, report_error
 from .report import print_summary, write_curves, write_json, write_markdown, write_plot
 from .statistics import summarize, verdicts
 from .training import Log, log_to, train_one
-from .variants import Variant
+from .variants import Variant, table_reference
 
 __all__ = ['run_comparison', 'stop_on_sigterm', 'report_stop', 'Terminated']
 
@@ -112,13 +112,15 @@ def run_comparison(
             log_file.write(f'error: {message}\n{getattr(e, "details", "") or traceback.format_exc()}')
             return report_error('compare', message)
     selected = [r for r in runs if r['seed'] in args.seeds]  # a resumed folder may hold runs of other seeds
-    rows, lines = summarize(selected, args.variants), verdicts(selected, args.variants)
-    _write_results(args, config, runs, selected, rows, lines, out)
+    reference = table_reference(args.variants)
+    rows, lines = summarize(selected, args.variants, reference), verdicts(selected, args.variants)
+    _write_results(args, config, runs, selected, rows, lines, out, reference)
     print_summary(
         rows,
         lines,
         f'{len(todo)} run(s) in {time.time() - t_all:.0f}s; results in {out}/ (results.md, results.png, curves.png, '
         'results.json)',
+        reference,
     )
     return 0
 
@@ -152,11 +154,12 @@ def _write_results(
     rows: List[Dict],
     verdict_lines: List[str],
     out: Path,
+    reference: str,
 ) -> None:
-    """``results.json`` (every run, and the summary ``rows`` of the ``selected`` ones), ``results.md``,
-    ``results.png`` and ``curves.png``."""
+    """``results.json`` (every run, and the summary ``rows`` of the ``selected`` ones, their differences to
+    ``reference``), ``results.md``, ``results.png`` and ``curves.png``."""
     write_json(out / 'results.json', {'config': config, 'runs': runs, 'summary': rows})
-    write_markdown(out / 'results.md', config, rows, verdict_lines=verdict_lines)
+    write_markdown(out / 'results.md', config, rows, reference, verdict_lines)
     title = args.title or f'{args.dataset}: {args.model}, {args.epochs} epochs, {len(args.seeds)} seeds'
     write_plot(out / 'results.png', rows, title)
     write_curves(out / 'curves.png', selected, args.variants, title)

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from timm_tm.layers import DEFAULT_EMBEDDING
 
 __all__ = [
-    'Variant', 'parse_variant', 'expand_variant_names', 'control_pairs', 'DEFAULT_VARIANTS', 'ABLATION_VARIANTS',
+    'Variant', 'parse_variant', 'expand_variant_names', 'control_pairs', 'table_reference', 'DEFAULT_VARIANTS',
+    'ABLATION_VARIANTS',
 ]  # fmt: skip
 
 DEFAULT_VARIANTS = ('baseline', 'tm', 'tm-noembed')
@@ -119,13 +120,17 @@ def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
     """(variant, reference) pairs worth a verdict: every variant against the baseline (of its own epoch count, for
     an ``-ep<E>`` variant, when there is one); a variant with an embedding against its evidence-only twin (the same
     variant without embedding, e.g. ``tm-noembed`` for ``tm`` or ``tm-embtied``); a variant against its
-    ``-noguide`` control (the same blocks without label guidance) when they were run."""
+    ``-noguide`` control (the same blocks without label guidance) when they were run; a longer ``baseline-ep<E>``
+    against the next shorter one (the plateau check of that budget)."""
     parsed = {v: parse_variant(v) for v in variants}
     pairs = []
     for v, pv in parsed.items():  # against the baseline trained as long (``baseline-ep<E>`` for ``-ep<E>`` variants)
         reference = 'baseline' if pv.epochs is None or pv.is_baseline else f'baseline-ep{pv.epochs}'
         if v != reference and reference in parsed:
             pairs.append((v, reference))
+    # the plateau check of a budget: a longer baseline against the next shorter ``baseline-ep<E>`` that ran
+    longer_baselines = sorted((pv.epochs, v) for v, pv in parsed.items() if pv.is_baseline and pv.epochs is not None)
+    pairs += [(v, shorter) for (_, shorter), (_, v) in zip(longer_baselines, longer_baselines[1:])]
 
     def without(variant: Variant, key: str) -> Tuple:
         kwargs = {k: v for k, v in variant.model_kwargs.items() if k != key}
@@ -141,6 +146,15 @@ def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
         if f'{a}-noguide' in parsed:
             pairs.append((a, f'{a}-noguide'))
     return pairs
+
+
+def table_reference(variants: Sequence[str]) -> str:
+    """The variant a results table gives every other's difference to: ``baseline`` when it is among ``variants``,
+    else the shortest ``baseline-ep<E>`` among them (a study at a longer budget), else ``baseline``."""
+    if 'baseline' in variants:
+        return 'baseline'
+    longer = sorted((pv.epochs, v) for v, pv in ((v, parse_variant(v)) for v in variants) if pv.is_baseline)
+    return longer[0][1] if longer else 'baseline'
 
 
 def _embedding(variant: Variant) -> str:
