@@ -153,16 +153,16 @@ def test_pretrained_loader_warns_only_when_it_reinitializes(tmp_path, caplog):
     path = tmp_path / 'resnet18.safetensors'
     safetensors.torch.save_file(resnet.state_dict(), str(path))
     x = torch.randn(2, 3, IMG, IMG)
-    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models._loading'):
         tm = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
-    assert not [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    assert not [r for r in caplog.records if r.name == 'timm_tm.models._loading']
     with torch.no_grad():
         torch.testing.assert_close(tm(x), resnet(x), rtol=1e-5, atol=1e-5)
 
     overlay = dict(file=str(path), num_classes=-1)  # train.py --pretrained-path
-    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models._loading'):
         tm = timm.create_model('tm_resnet18', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=7).eval()
-    (record,) = [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    (record,) = [r for r in caplog.records if r.name == 'timm_tm.models._loading']
     assert 'is for 1000 classes, this model for 7' in record.getMessage() and 'fc.weight' in record.getMessage()
     with torch.no_grad():
         torch.testing.assert_close(tm.forward_features(x), resnet.forward_features(x), rtol=1e-5, atol=1e-5)

@@ -334,7 +334,7 @@ def test_pretrained_tm_checkpoint_for_other_classes_reinitializes_class_parts_an
     torch.save(source.state_dict(), path)
     overlay = dict(file=str(path)) if overlay_classes is None else dict(file=str(path), num_classes=overlay_classes)
     num_classes = 1000 if overlay_classes is None else 7  # None: the cfg's class count, so timm keeps the head
-    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models._loading'):
         model = timm.create_model(
             'tm_resnet18_small',
             pretrained=True,
@@ -345,7 +345,7 @@ def test_pretrained_tm_checkpoint_for_other_classes_reinitializes_class_parts_an
     assert model.fc.weight.shape[0] == num_classes
     assert all(b.templates.weight.shape[0] == 2 * num_classes for b in model.tm_blocks().values())
     torch.testing.assert_close(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
-    (record,) = [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    (record,) = [r for r in caplog.records if r.name == 'timm_tm.models._loading']
     message = record.getMessage()
     assert str(path) in message and f'is for 10 classes, this model for {num_classes}' in message
     assert 're-initialized' in message and 'fc.weight' in message and 'layer4.2.templates.weight' in message
@@ -355,9 +355,9 @@ def test_pretrained_tm_checkpoint_for_the_same_config_loads_without_a_warning(hf
     """The refusals above are specific: the checkpoint's own configuration loads as saved, silently."""
     path = _tm_checkpoint(tmp_path, 'file', tm_stages=(4,), templates_per_class=2)
     source = torch.load(path)
-    with caplog.at_level(logging.WARNING, logger='timm_tm.models.tm_resnet'):
+    with caplog.at_level(logging.WARNING, logger='timm_tm.models._loading'):
         model = _load('file', path, num_classes=10, tm_stages=(4,), templates_per_class=2)
-    assert not [r for r in caplog.records if r.name == 'timm_tm.models.tm_resnet']
+    assert not [r for r in caplog.records if r.name == 'timm_tm.models._loading']
     loaded = model.state_dict()
     assert loaded.keys() == source.keys() and all(torch.equal(loaded[k], v) for k, v in source.items())
 

@@ -394,6 +394,19 @@ def test_initial_checkpoint_from_another_resnet_names_the_keys(tmp_path):
     _assert_error_and_untouched(small, lambda: small.load_state_dict(bad, strict=False), 'size mismatch for conv1')
 
 
+def test_weights_of_other_widths_name_the_first_mismatches_and_count_the_rest():
+    # every conv and BN mis-shaped: the error names the first 12 and counts the others, so it stays readable
+    # (timm-tm export puts it on one line)
+    wide = _model(channels=(32, 64, 128, 256), stem_width=32).state_dict()
+    model = _model()
+    message = _assert_error_and_untouched(
+        model, lambda: model.load_state_dict(wide), 'size mismatch for layer1.0.conv1.weight', 'more size mismatch(es)'
+    )
+    mismatched = sum(tuple(v.shape) != tuple(model.state_dict()[k].shape) for k, v in wide.items())
+    assert message.count('size mismatch for ') == 12
+    assert f'... and {mismatched - 12} more size mismatch(es).' in message
+
+
 def test_pretrained_path_fine_tunes_a_tm_checkpoint_to_new_classes(tmp_path):
     """--pretrained-path (train.py: pretrained_cfg_overlay file=..., num_classes=-1) re-initializes class parts."""
     source = _model()

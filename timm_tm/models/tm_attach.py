@@ -26,6 +26,7 @@ pretrained tag per tag of the base's weights, loaded with the TM blocks at ident
 variants registered on import.
 """
 
+import functools
 import logging
 import types
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -43,8 +44,16 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
-from timm_tm.layers import CONFIG_KEY, EMBEDDINGS, TemplateMatching, check_int, tm_config_problem
-from timm_tm.models.tm_resnet import _fill_tm_entries, _source_tm_blocks, _template_count_problem, _tm_keys
+from timm_tm.layers import TemplateMatching, check_int
+from timm_tm.models._loading import (
+    class_count,
+    convert_to_tm,
+    is_base_state_dict,
+    load_errors,
+    source_tm_blocks,
+    template_class_count,
+    tm_block_problems,
+)
 from timm_tm.pretrained import prepare_pretrained
 
 __all__ = [
@@ -224,20 +233,21 @@ class TemplateMatchingModel:
         identity). A state_dict with none of this model's TM keys goes through the conversion, which refuses TM blocks
         placed elsewhere; keys and shapes are checked before anything is copied, and an error names the missing,
         unexpected and mis-shaped keys, the TM ones called out as such."""
-        own, blocks = self.state_dict(), self.tm_blocks()
-        tm_keys = set(_tm_keys(own, blocks))
-        converted = bool(tm_keys) and not any(k in tm_keys for k in state_dict) and any(k in own for k in state_dict)
+        own, blocks, head = self.state_dict(), self.tm_blocks(), _head_name(self)
+        converted = is_base_state_dict(state_dict, own, blocks)
         if converted:
             state_dict = convert_state_dict(dict(state_dict), self)
-        source_tm = _source_tm_blocks(state_dict)
+        source_tm = source_tm_blocks(state_dict)
         if source_tm:  # TM blocks elsewhere, or of another embedding or templates per class: named, not keys
-            head = _head_name(self)
-            problems = _tm_config_problems(self, state_dict, source_tm, _class_count(state_dict, head), blocks, head)
+            problems = tm_block_problems(
+                state_dict, source_tm, class_count(state_dict, head), blocks, template_class_count(self, blocks), head,
+                _placement_problem(source_tm, self),
+            )  # fmt: skip
             if problems:
                 raise RuntimeError(
                     f'The state_dict does not fit {type(self).__name__} (nothing was loaded): ' + '; '.join(problems)
                 )
-        errors = _load_errors(self, own, state_dict, strict, converted)
+        errors = load_errors(self, own, state_dict, strict, self.tm_base if converted else None, head)
         if errors:
             raise RuntimeError(errors)
         return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
@@ -377,11 +387,6 @@ def _head_name(model: nn.Module) -> Optional[str]:
     return next((n for n, m in model.named_modules() if head is not None and m is head), None)
 
 
-def _class_count(state_dict: Dict[str, Any], head: Optional[str]) -> Optional[int]:
-    weight = state_dict.get(f'{head}.weight') if head else None
-    return weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
-
-
 def convert_state_dict(
     state_dict: Dict[str, torch.Tensor], model: nn.Module, new_head: bool = False, source: str = 'the checkpoint'
 ) -> Dict[str, torch.Tensor]:
@@ -399,134 +404,22 @@ def convert_state_dict(
         new_head: Re-initialize a head shaped for another class count too (timm's pretrained loader).
         source: How the error and the warning name the checkpoint (e.g. with its file).
     """
-    if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
-        state_dict = state_dict['state_dict']
-    head = _head_name(model)
-    source_classes = _class_count(state_dict, head)
-    subject = source[:1].upper() + source[1:]  # sentence case
-    model_sd, blocks, source_tm = model.state_dict(), model.tm_blocks(), _source_tm_blocks(state_dict)
-    problems = _tm_config_problems(model, state_dict, source_tm, source_classes, blocks, head)
-    if problems:
-        raise RuntimeError(
-            f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
-        )
-    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
-    class_change = source_classes is not None and model_classes > 0 and source_classes != model_classes
-    out, refreshed = _fill_tm_entries(state_dict, not source_tm, source_classes, class_change, model, model_sd, blocks)
-    if new_head and class_change and model.num_classes > 0 and head:
-        for k in (f'{head}.weight', f'{head}.bias'):
-            if k in state_dict and k in model_sd and state_dict[k].shape != model_sd[k].shape:
-                out[k] = model_sd[k].detach().clone()
-                refreshed.append(k)
-    if refreshed:
-        _logger.warning(
-            f'{subject} is for {source_classes} classes, this model for {model_classes}: its class-tied entries '
-            'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
-        )
-    return out
-
-
-def _tm_config_problems(
-    model: nn.Module,
-    state_dict: Dict[str, torch.Tensor],
-    source_tm: List[str],
-    source_classes: Optional[int],
-    blocks: Dict[str, TemplateMatching],
-    head: Optional[str],
-) -> List[str]:
-    """What differs between the TM blocks of ``state_dict`` (named ``source_tm``) and ``model``'s; [] for a base's."""
-    problems = []
-    if source_tm and source_tm != sorted(blocks):
-        stage_of = {info['module']: i for i, info in enumerate(model.feature_info)}
-        stages = [stage_of.get(stage_module_name(name)) for name in source_tm]
-        where = f"its TM blocks are {', '.join(source_tm)}, this model's {', '.join(sorted(blocks)) or 'none'}"
-        if None in stages or tuple(sorted(stages)) == model.tm_stages:  # another architecture
-            problems.append(f'{where}: create the model (architecture) that the checkpoint was made with')
-        else:
-            problems.append(f'{where}: create the model with tm_stages={tuple(sorted(stages))}')
-    shared = [n for n in source_tm if n in blocks]
-    optional = ('num_batches_tracked', CONFIG_KEY)  # older checkpoints lack them, and load without them
-    for name in shared:
-        own = {k for k in blocks[name].state_dict() if not k.endswith(optional)}
-        prefix = name + '.'
-        theirs = {k[len(prefix) :] for k in state_dict if k.startswith(prefix) and not k.endswith(optional)}
-        if own != theirs:
-            differs = ' and '.join(
-                f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
-            )
-            problems.append(
-                f'its TM block {name} {differs} (another embedding?): create the model with the TM options (e.g. '
-                f'embedding) it was made with; this model has embedding={blocks[name].embedding!r}'
-            )
-            break
-    for name in shared:
-        problem = _template_count_problem(name, state_dict[f'{name}.templates.weight'].shape[0], blocks[name],
-                                          source_classes, head)  # fmt: skip
-        if problem:
-            problems.append(problem)
-            break
-    # the recorded options (tm_config); the class count only where it cannot be adapted (no head, or the same one)
-    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
-    problem = tm_config_problem(
-        {n: blocks[n] for n in shared}, state_dict, classes=source_classes in (None, model_classes)
+    return convert_to_tm(
+        state_dict, model, _head_name(model), functools.partial(_placement_problem, model=model), new_head, source
     )
-    if problem and not problems:
-        problems.append(problem)
-    return problems
 
 
-def _load_errors(
-    model: nn.Module,
-    own: Dict[str, torch.Tensor],
-    state_dict: Dict[str, Any],
-    strict: bool,
-    converted: bool,
-    max_keys: int = 12,
-) -> str:
-    """What keeps ``state_dict`` from loading into ``model`` (torch's checks, TM keys apart); '' if nothing."""
-    # a TM block's configuration record is optional (checkpoints saved before it existed)
-    missing = [k for k in own if k not in state_dict and not k.endswith('.' + CONFIG_KEY)] if strict else []
-    unexpected = [k for k in state_dict if k not in own] if strict else []
-    mismatched = [
-        k
-        for k, v in state_dict.items()
-        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if not (missing or unexpected or mismatched):
-        return ''
-    tm_prefixes = tuple(f'{p}.' for p in [*model.tm_blocks(), *_source_tm_blocks(state_dict)])
-    tm_leaves = {k for e in EMBEDDINGS for k in TemplateMatching(1, 1, embedding=e).state_dict()}
-
-    def is_tm(key: str) -> bool:
-        return any(key.startswith(p) and key[len(p) :] in tm_leaves for p in tm_prefixes)
-
-    def keys(ks: List[str]) -> str:
-        shown = ', '.join(f'"{k}"' for k in ks[:max_keys])
-        return shown + (f', ... ({len(ks) - max_keys} more)' if len(ks) > max_keys else '')
-
-    lines = [f'Error(s) in loading state_dict for {type(model).__name__} (nothing was loaded):']
-    if converted:
-        lines.append(f'\t(it has none of the TM keys, so it was read as a {model.tm_base} state_dict and converted)')
-    for what, ks in (('Missing', missing), ('Unexpected', unexpected)):
-        plain, tm = [k for k in ks if not is_tm(k)], [k for k in ks if is_tm(k)]
-        if plain:
-            lines.append(f'\t{what} key(s) in state_dict: {keys(plain)}.')
-        if tm:
-            lines.append(f'\t{what} TM (template-matching block) key(s) in state_dict: {keys(tm)}.')
-    for k in mismatched:
-        tag = 'TM key ' if is_tm(k) else ''
-        lines.append(
-            f'\tsize mismatch for {tag}{k}: copying a param with shape {list(state_dict[k].shape)} from checkpoint, '
-            f'the shape in current model is {list(own[k].shape)}.'
-        )
-    head = _head_name(model)
-    if any(k.endswith('.templates.weight') or k == f'{head}.weight' for k in mismatched):
-        lines.append(
-            'The head and the templates are tied to the classes: create the model with the num_classes (and '
-            "templates_per_class) of the checkpoint, or fine-tune from it with timm's pretrained_cfg_overlay="
-            'dict(file=...) (train.py --pretrained-path), which re-initializes the class-tied parts.'
-        )
-    return '\n'.join(lines)
+def _placement_problem(source_tm: List[str], model: nn.Module) -> Optional[str]:
+    """Why a state_dict's TM blocks (``source_tm``, by module name) are not where ``model``'s are, or None."""
+    blocks = sorted(model.tm_blocks())
+    if not source_tm or source_tm == blocks:
+        return None
+    stage_of = {info['module']: i for i, info in enumerate(model.feature_info)}
+    stages = [stage_of.get(stage_module_name(name)) for name in source_tm]
+    where = f"its TM blocks are {', '.join(source_tm)}, this model's {', '.join(blocks) or 'none'}"
+    if None in stages or tuple(sorted(stages)) == model.tm_stages:  # another architecture
+        return f'{where}: create the model (architecture) that the checkpoint was made with'
+    return f'{where}: create the model with tm_stages={tuple(sorted(stages))}'
 
 
 # --- registration with timm --------------------------------------------------------------------------------------

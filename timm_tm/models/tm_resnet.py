@@ -18,7 +18,6 @@ Weights of another architecture of the family (resnet50's into tm_resnet50d) are
 
 import functools
 import inspect
-import logging
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -37,15 +36,14 @@ from timm.models import (
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from timm_tm.layers import (
-    CONFIG_KEY,
     DEFAULT_EMBEDDING,
-    EMBEDDINGS,
     TemplateMatching,
     check_finite,
     check_input_shape,
     check_int,
     tm_config_problem,
 )
+from timm_tm.models._loading import convert_to_tm, is_base_state_dict, load_errors, source_tm_blocks
 from timm_tm.pretrained import prepare_pretrained, tm_weight_cfgs
 
 __all__ = [
@@ -61,7 +59,6 @@ __all__ = [
     'choose_tm_stages',
 ]
 
-_logger = logging.getLogger(__name__)
 
 # A TM block's cost: a 1x1 match (and, with an embedding, a 1x1 embed back) over the stage's map, i.e. about
 # 2 * C * K * H * W multiply-adds with K = num_classes * templates_per_class (README "The family"). The placement
@@ -359,11 +356,10 @@ class TemplateMatchingResNet(ResNet):
             )
         own = self.state_dict()
         blocks = self.tm_blocks()
-        tm_keys = set(_tm_keys(own, blocks))
-        converted = bool(tm_keys) and not any(k in tm_keys for k in state_dict) and any(k in own for k in state_dict)
+        converted = is_base_state_dict(state_dict, own, blocks)
         if converted:
             state_dict = convert_resnet_state_dict(dict(state_dict), self)
-        errors = _state_dict_errors(self, own, state_dict, strict, converted)
+        errors = load_errors(self, own, state_dict, strict, 'timm ResNet' if converted else None, 'fc')
         if errors:
             raise RuntimeError(errors)
         problem = tm_config_problem(blocks, state_dict)  # the same shapes with another meaning
@@ -407,16 +403,10 @@ def _check_tm_args(
     return tm_stages
 
 
-def _tm_keys(state: Dict[str, Any], blocks: Dict[str, TemplateMatching]) -> List[str]:
-    """The keys of a model's ``state`` (its state_dict) that belong to its TM ``blocks`` (by module name)."""
-    prefixes = tuple(name + '.' for name in blocks)
-    return [k for k in state if prefixes and k.startswith(prefixes)]
-
-
 def _backbone_shapes(state_dict: Dict[str, Any], skip: Sequence[str] = ()) -> Dict[str, Tuple[int, ...]]:
     """Key -> shape of a (tm_)resnet state_dict's tensors, all but its head (fc), TM blocks (and the modules named in
     ``skip``) and BN batch counters (which older checkpoints lack): what says which architecture it is."""
-    tm_prefixes = tuple(f'{name}.' for name in (*_source_tm_blocks(state_dict), *skip))
+    tm_prefixes = tuple(f'{name}.' for name in (*source_tm_blocks(state_dict), *skip))
     return {
         k: tuple(v.shape)
         for k, v in state_dict.items()
@@ -473,7 +463,7 @@ def _architecture_problem(state_dict: Dict[str, Any], model: 'TemplateMatchingRe
     if their_arch is None:
         return None
     their_base = tm_baseline(their_arch)[0]
-    kind = f' (a {their_arch} checkpoint)' if _source_tm_blocks(state_dict) else ''
+    kind = f' (a {their_arch} checkpoint)' if source_tm_blocks(state_dict) else ''
     our_arch = _family_member(ours, model.in_chans)
     if our_arch is None:
         return f"its backbone is {their_base}'s{kind}, this model's is not: create {their_arch} to load it"
@@ -482,66 +472,6 @@ def _architecture_problem(state_dict: Dict[str, Any], model: 'TemplateMatchingRe
         f"its backbone is {their_base}'s{kind}, this model's is {tm_baseline(our_arch)[0]}'s ({our_arch}): "
         f'{differ} (checkpoint vs model); create {their_arch} to load it'
     )
-
-
-def _state_dict_errors(
-    model: 'TemplateMatchingResNet',
-    own: Dict[str, torch.Tensor],
-    state_dict: Dict[str, Any],
-    strict: bool,
-    converted: bool = False,
-    max_keys: int = 12,
-) -> str:
-    """What keeps ``state_dict`` from loading into ``model`` (torch's checks, TM keys apart); '' if nothing."""
-    # a TM block's configuration record is optional (older checkpoints lack it)
-    missing = [k for k in own if k not in state_dict and not k.endswith('.' + CONFIG_KEY)] if strict else []
-    unexpected = [k for k in state_dict if k not in own] if strict else []
-    mismatched = [
-        k
-        for k, v in state_dict.items()
-        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if not (missing or unexpected or mismatched):
-        return ''
-    model_tm = sorted(model.tm_blocks())
-    source_tm = _source_tm_blocks(state_dict)
-    tm_prefixes = [f'{p}.' for p in model_tm + source_tm]
-    tm_leaves = {k for e in EMBEDDINGS for k in TemplateMatching(1, 1, embedding=e).state_dict()}
-
-    def is_tm(key: str) -> bool:
-        return any(key.startswith(p) and key[len(p) :] in tm_leaves for p in tm_prefixes)
-
-    def keys(ks: List[str]) -> str:
-        shown = ', '.join(f'"{k}"' for k in ks[:max_keys])
-        return shown + (f', ... ({len(ks) - max_keys} more)' if len(ks) > max_keys else '')
-
-    lines = [f'Error(s) in loading state_dict for {type(model).__name__} (nothing was loaded):']
-    if converted:
-        lines.append('\t(it has no TM keys, so it was read as a timm ResNet state_dict and converted)')
-    for what, ks in (('Missing', missing), ('Unexpected', unexpected)):
-        plain, tm = [k for k in ks if not is_tm(k)], [k for k in ks if is_tm(k)]
-        if plain:
-            lines.append(f'\t{what} key(s) in state_dict: {keys(plain)}.')
-        if tm:
-            lines.append(f'\t{what} TM (template-matching block) key(s) in state_dict: {keys(tm)}.')
-    for k in mismatched:
-        tag = 'TM key ' if is_tm(k) else ''
-        lines.append(
-            f'\tsize mismatch for {tag}{k}: copying a param with shape {list(state_dict[k].shape)} from checkpoint, '
-            f'the shape in current model is {list(own[k].shape)}.'
-        )
-    if source_tm and source_tm != model_tm:
-        lines.append(
-            f'The checkpoint has TM blocks at {source_tm}, this model at {model_tm}: create the model with the '
-            'tm_stages the checkpoint was trained with.'
-        )
-    if any(k.endswith('.templates.weight') or k == 'fc.weight' for k in mismatched):
-        lines.append(
-            'The head and the templates are tied to the classes: create the model with the num_classes (and '
-            "templates_per_class) of the checkpoint, or fine-tune from it with timm's pretrained_cfg_overlay="
-            'dict(file=...) (train.py --pretrained-path), which re-initializes the class-tied parts.'
-        )
-    return '\n'.join(lines)
 
 
 def convert_resnet_state_dict(
@@ -568,154 +498,23 @@ def convert_resnet_state_dict(
     """
     if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
         state_dict = state_dict['state_dict']
-    source_fc = state_dict.get('fc.weight')
-    source_classes = source_fc.shape[0] if isinstance(source_fc, torch.Tensor) and source_fc.dim() == 2 else None
-    subject = source[:1].upper() + source[1:]  # sentence case
-    model_sd, blocks, source_tm = model.state_dict(), model.tm_blocks(), _source_tm_blocks(state_dict)
     architecture = _architecture_problem(state_dict, model)  # first: another architecture moves the TM blocks too
-    problems = (
-        [architecture]
-        if architecture
-        else _tm_config_problems(state_dict, source_tm, source_classes, model, model_sd, blocks)
+    return convert_to_tm(
+        state_dict, model, 'fc', functools.partial(_placement_problem, model=model), new_head, source, architecture
     )
-    if problems:
-        raise RuntimeError(
-            f'{subject} does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
-        )
-    # the classes the templates belong to (template_classes for an embedding model)
-    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
-    class_change = source_classes is not None and model_classes > 0 and source_classes != model_classes
-    out, refreshed = _fill_tm_entries(state_dict, not source_tm, source_classes, class_change, model, model_sd, blocks)
-    if new_head and class_change and model.num_classes > 0:  # another class count: a fresh head as well
-        for k in ('fc.weight', 'fc.bias'):
-            if k in state_dict and state_dict[k].shape != model_sd[k].shape:
-                out[k] = model_sd[k].detach().clone()
-                refreshed.append(k)
-    if refreshed:
-        _logger.warning(
-            f'{subject} is for {source_classes} classes, this model for {model_classes}: its class-tied entries '
-            'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
-        )
-    return out
 
 
-def _source_tm_blocks(state_dict: Dict[str, torch.Tensor]) -> List[str]:
-    """The TM blocks of a state_dict by module name: every TM block has a templates conv."""
-    return sorted(k[: -len('.templates.weight')] for k in state_dict if k.endswith('.templates.weight'))
-
-
-def _tm_config_problems(
-    state_dict: Dict[str, torch.Tensor],
-    source_tm: List[str],
-    source_classes: Optional[int],
-    model: TemplateMatchingResNet,
-    model_sd: Dict[str, torch.Tensor],
-    blocks: Dict[str, TemplateMatching],
-) -> List[str]:
-    """What differs between a tm_resnet state_dict's TM configuration (its TM blocks ``source_tm``) and
-    ``model``'s (its state_dict ``model_sd``, its TM ``blocks``); empty for a ResNet's.
-
-    Such a checkpoint is refused: filling the blocks it lacks with fresh ones, or templates of another count per class
-    with fresh ones, would load "fine" and predict otherwise.
-    """
-    problems = []
-    if source_tm and source_tm != sorted(blocks):
-        stage_of = {f'layer{s}': s for s in STAGES}
-        stages = tuple(stage_of.get(name.split('.')[0], 0) for name in source_tm)
-        where = f"its TM blocks are {', '.join(source_tm)}, this model's {', '.join(sorted(blocks)) or 'none'}"
-        if 0 not in stages and stages != model.tm_stages:
-            problems.append(f'{where}: create the model with tm_stages={stages}')
-        else:  # the same stages at other positions: another depth
-            problems.append(f'{where}: create the model (architecture) that the checkpoint was made with')
-    shared = [n for n in source_tm if n in blocks]
-    for name in shared:
-        # num_batches_tracked and the configuration record: older checkpoints lack them, and load without them
-        optional = ('num_batches_tracked', CONFIG_KEY)
-        own = {k for k in model_sd if k.startswith(name + '.') and not k.endswith(optional)}
-        theirs = {k for k in state_dict if k.startswith(name + '.') and not k.endswith(optional)}
-        if own != theirs:
-            differs = ' and '.join(
-                f'{what} {sorted(keys)}' for what, keys in (('has', theirs - own), ('lacks', own - theirs)) if keys
-            )
-            problems.append(
-                f'its TM block {name} {differs} (another embedding?): create the model with the TM options (e.g. '
-                f'embedding) that the checkpoint was made with; this model has embedding={blocks[name].embedding!r}'
-            )
-            break
-    for name in shared:
-        problem = _template_count_problem(
-            name, state_dict[f'{name}.templates.weight'].shape[0], blocks[name], source_classes
-        )
-        if problem:
-            problems.append(problem)
-            break
-    # the recorded options; the class count only where it cannot be adapted (no head, or the same one)
-    model_classes = next(iter(blocks.values())).num_classes if blocks else model.num_classes
-    problem = tm_config_problem(
-        {n: blocks[n] for n in shared}, state_dict, classes=source_classes in (None, model_classes)
-    )
-    if problem and not problems:
-        problems.append(problem)
-    return problems
-
-
-def _template_count_problem(
-    name: str, count: int, block: TemplateMatching, source_classes: Optional[int], head: str = 'fc'
-) -> Optional[str]:
-    """Why ``count`` templates in the checkpoint's block ``name`` do not fit ``block``, or None (``head``: the
-    classifier whose weight gave ``source_classes``; tm_attach models name theirs)."""
-    if source_classes is None:  # no head: its class count is unknown, so its template count must be this one
-        if count == block.num_templates:
-            return None
-        return (
-            f'it has no head ({head}.weight) and {count} templates in {name}, this model {block.num_templates} '
-            f'({block.num_classes} classes x {block.templates_per_class} per class): create the model with '
-            "num_classes=0 and the checkpoint's template_classes and templates_per_class"
-        )
-    if count % source_classes:
-        return (
-            f'its {count} templates in {name} are no whole number per class of its {source_classes} classes '
-            f'({head}.weight): it was not made for this model'
-        )
-    if count // source_classes != block.templates_per_class:
-        per_class = count // source_classes
-        return (
-            f'it has {per_class} templates per class ({count} for its {source_classes} classes in {name}), '
-            f'this model {block.templates_per_class}: create the model with templates_per_class={per_class}'
-        )
-    return None
-
-
-def _fill_tm_entries(
-    state_dict: Dict[str, torch.Tensor],
-    from_resnet: bool,
-    source_classes: Optional[int],
-    class_change: bool,
-    model: TemplateMatchingResNet,
-    model_sd: Dict[str, torch.Tensor],
-    blocks: Dict[str, TemplateMatching],
-) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """(``state_dict`` with ``model``'s fresh TM entries where it has none, or where they are for another class
-    count, the keys it had that were re-initialized). A ResNet's (``from_resnet``) whose head fits gets TM blocks
-    at identity."""
-    same_head = source_classes is not None and model.num_classes > 0 and source_classes == model.num_classes
-    exact = from_resnet and (same_head or model.num_classes == 0)
-    identity_keys = {f'{name}.{k}' for name, tm in blocks.items() for k in tm.identity_state_keys()}
-    out, refreshed = dict(state_dict), []
-    for k in _tm_keys(model_sd, blocks):
-        src = state_dict.get(k)
-        if k.endswith('.' + CONFIG_KEY):  # checked by _tm_config_problems: the model's own, for its class count
-            out[k] = model_sd[k].detach().clone()
-            continue
-        if src is not None and (src.shape == model_sd[k].shape or not class_change):
-            continue  # a mis-shaped entry with the same class count is load_state_dict's to report
-        v = model_sd[k].detach().clone()
-        if exact and k in identity_keys:
-            v.zero_()
-        out[k] = v
-        if src is not None:
-            refreshed.append(k)
-    return out, refreshed
+def _placement_problem(source_tm: List[str], model: TemplateMatchingResNet) -> Optional[str]:
+    """Why a tm_resnet state_dict's TM blocks (``source_tm``, by module name) are not where ``model``'s are, or None."""
+    blocks = sorted(model.tm_blocks())
+    if not source_tm or source_tm == blocks:
+        return None
+    stage_of = {f'layer{s}': s for s in STAGES}
+    stages = tuple(stage_of.get(name.split('.')[0], 0) for name in source_tm)
+    where = f"its TM blocks are {', '.join(source_tm)}, this model's {', '.join(blocks) or 'none'}"
+    if 0 not in stages and stages != model.tm_stages:
+        return f'{where}: create the model with tm_stages={stages}'
+    return f'{where}: create the model (architecture) that the checkpoint was made with'  # another depth
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
