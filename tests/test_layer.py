@@ -4,6 +4,7 @@ These tests are about behaviour (what a caller of ``match`` / ``pool_classes`` /
 for any faster implementation of the same block.
 """
 
+import logging
 import math
 
 import pytest
@@ -407,11 +408,17 @@ def test_state_dict_records_the_configuration_with_stable_codes():
         (dict(num_classes=5, templates_per_class=2), 'templates_per_class=2, num_classes=5'),  # 10 templates both
     ],
 )
-def test_weights_of_another_configuration_are_refused_naming_it(source, needle):
+def test_weights_of_another_configuration_are_refused_naming_it(source, needle, caplog):
     block = TemplateMatching(8, **{'num_classes': 10, 'embedding': 'none', **source})
     target = TemplateMatching(8, 10, embedding='tied' if 'embedding' in source else 'none')
     with pytest.raises(RuntimeError, match=needle):
         target.load_state_dict(block.state_dict())
     older = {k: v for k, v in block.state_dict().items() if k != 'tm_config'}
-    target.load_state_dict(older)  # saved before the record existed: loads as it always did
+    with caplog.at_level(logging.WARNING, logger='timm_tm.layers'):
+        target.load_state_dict(older)  # saved before the record existed: loads as it always did, with a warning
     assert torch.equal(target.templates.weight, block.templates.weight)
+    assert 'no tm_config record' in caplog.text and "embedding='" in caplog.text  # what was assumed, named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='timm_tm.layers'):
+        target.load_state_dict(target.state_dict())  # with its record: no warning
+    assert 'tm_config' not in caplog.text

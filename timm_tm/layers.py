@@ -10,6 +10,7 @@ The layer knows nothing about ResNet: it takes a channel count and a class count
 stage of any CNN with NCHW features.
 """
 
+import logging
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,10 +41,16 @@ CONFIG_KEY = 'tm_config'
 CONFIG_VERSION = 1
 CONFIG_FIELDS = ('version', 'evidence_mode', 'evidence_pool', 'embedding', 'templates_per_class', 'num_classes')
 _CONFIG_CHOICES = {'evidence_mode': EVIDENCE_MODES, 'evidence_pool': EVIDENCE_POOLS, 'embedding': EMBEDDINGS}
+_logger = logging.getLogger(__name__)
 CONFIG_ADVICE = (
     'create the model with the TM options the weights were made with (num_classes is template_classes for a '
     'num_classes=0 model)'
 )
+
+
+def _config_text(config: Dict[str, Any]) -> str:
+    """The options of a decoded ``tm_config`` as keyword arguments: "evidence_mode='gradient', ..."."""
+    return ', '.join(f'{f}={config[f]!r}' for f in CONFIG_FIELDS[1:])
 
 
 @register_notrace_function  # a leaf call under timm's FX tracer (feature extraction): shapes are not traceable
@@ -223,7 +230,8 @@ class TemplateMatching(nn.Module):
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
         """torch's load, after checking the recorded configuration (a mismatch is an error, and nothing of this block
-        is copied); without a record (converted ResNet weights, older checkpoints) the block loads as before."""
+        is copied); without a record (older checkpoints) the block loads as before, with a warning that names what it
+        assumes (converted ResNet weights get the model's own record)."""
         key = prefix + CONFIG_KEY
         if key in state_dict:
             problem = self.config_problem(state_dict[key])
@@ -235,6 +243,13 @@ class TemplateMatching(nn.Module):
         )
         if key not in state_dict and key in missing_keys:
             missing_keys.remove(key)
+            if prefix + 'templates.weight' in state_dict:  # TM weights saved before the record: say what is assumed
+                _logger.warning(
+                    f'TM block {prefix[:-1] or "(root)"}: the checkpoint has no {CONFIG_KEY} record (saved before '
+                    'timm-tm recorded it), so its evidence_mode, evidence_pool, embedding and class layout are '
+                    f"taken to be this model's ({_config_text(self.config())}): weights made otherwise predict "
+                    'otherwise'
+                )
 
     def zero_init_last(self) -> None:
         """Zero the embedding so the block is the identity (timm's ResNet calls this from init_weights)."""
