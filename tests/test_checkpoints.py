@@ -188,3 +188,11 @@ def test_label_names_from_files_and_the_run(tmp_path):
     assert label_names_from_args({**args, 'class_map': str(tmp_path / 'map.pkl')})[0] == ['c1', 'c2', 'c10']
     assert label_names_from_args({**args, 'dataset': 'torch/cifar10'}) is None
     assert label_names_from_args({'data_dir': 5}) is None
+    # line i of the run's class map is class i (train.py's): a blank line between names would shift every later
+    # class, and falling back to the folders would give another order than the run's
+    (tmp_path / 'gap.txt').write_text('cat\n\ndog\n')
+    with pytest.raises(CheckpointError, match="the run's --class-map: .*gap.txt line 2 is blank"):
+        label_names_from_args({**args, 'class_map': str(tmp_path / 'gap.txt')})
+    (tmp_path / 'empty.txt').write_text('\n')
+    with pytest.raises(CheckpointError, match='empty.txt names no classes'):
+        label_names_from_args({**args, 'class_map': str(tmp_path / 'empty.txt')})

@@ -298,18 +298,13 @@ def _names_by_index(data: Dict[Any, Any], source: str) -> List[Any]:
 
 def label_names_from_args(args: Dict[str, Any]) -> Optional[Tuple[List[str], str]]:
     """(class names, where from) of a train.py run, when its ``--class-map`` (.txt) or its ImageFolder train folder
-    is still on disk; None otherwise. The order is train.py's: the class map's lines, else the class folders sorted
-    by timm's ``natural_key``."""
+    is still on disk; None otherwise. The order is train.py's: the class map's lines (line i is class i, so a blank
+    line between names, an unreadable or an empty map is a CheckpointError: the class folders' order need not be the
+    map's), else the class folders sorted by timm's ``natural_key``."""
     class_map = args.get('class_map')
     # a .pkl class map is not unpickled here: reading the checkpoint must not run code
     if isinstance(class_map, str) and class_map.lower().endswith('.txt') and os.path.isfile(class_map):
-        try:
-            with open(class_map, encoding='utf-8') as f:
-                names = [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError):
-            names = []
-        if names:
-            return names, class_map
+        return read_label_names_file(class_map, "the run's --class-map"), class_map
     data_dir = args.get('data_dir') or args.get('data')
     dataset = args.get('dataset') or ''
     if not isinstance(data_dir, str) or not isinstance(dataset, str) or dataset.lower() not in _FOLDER_DATASETS:
