@@ -103,7 +103,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         type=int_list,
         default=None,
         help="stage widths of a tm_resnet model, comma-separated (default 16,32,64,128; '' = the model's own, "
-        '64,128,256,512); other models keep their own',
+        "64,128,256,512), the first also its stem_width, which timm's deep stems ('d' variants) take: a plain stem "
+        '(tm_resnet18_small) keeps its 64 channels; other models keep their own widths',
     )
     group.add_argument(
         '--layers',
