@@ -279,7 +279,7 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path, capsys, monkeypatch)
 
 
 def test_label_names_from_the_training_folder_and_output_names(tmp_path):
-    from timm_tm.visualize import output_paths, resolve_label_names
+    from timm_tm.visualize import VisualizeError, output_paths, resolve_label_names
 
     model = _small_model(num_classes=3)
     for name in ('class10', 'class2', 'class1'):
@@ -289,6 +289,15 @@ def test_label_names_from_the_training_folder_and_output_names(tmp_path):
     assert resolve_label_names(model, 3, meta) == ['class1', 'class2', 'class10']
     assert resolve_label_names(model, 3, {'label_names': ['a', 'b', 'c'], **meta}) == ['a', 'b', 'c']
     assert resolve_label_names(model, 3, {}) == ['0', '1', '2']
+    # a broken source after the one that fits is never read: the run's class map with a blank line between names
+    # refuses nothing the user or the checkpoint names, and is an error where it would be used
+    (tmp_path / 'gap.txt').write_text('a\n\nb\n')
+    (tmp_path / 'good.txt').write_text('x\ny\nz\n')
+    broken = {'args': {**meta['args'], 'class_map': str(tmp_path / 'gap.txt')}}
+    assert resolve_label_names(model, 3, broken, label_names_file=str(tmp_path / 'good.txt')) == ['x', 'y', 'z']
+    assert resolve_label_names(model, 3, {'label_names': ['a', 'b', 'c'], **broken}) == ['a', 'b', 'c']
+    with pytest.raises(VisualizeError, match='gap.txt line 2 is blank'):
+        resolve_label_names(model, 3, broken)
 
     assert output_paths('x/maps.png', ['a/cat.jpg']) == [tmp_path.__class__('x/maps.png')]
     paths = output_paths('x/maps.png', ['a/cat.jpg', 'b/cat.jpg', 'dog.png'])

@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -246,39 +246,52 @@ def resolve_label_names(
     ``label_names: 5``) are an error naming where they came from.
     """
     meta = meta or {}
-    candidates = []
-    try:
-        if label_names_file:
-            candidates.append(('--label-names', read_label_names_file(label_names_file, '--label-names')))
-        if meta.get('label_names'):
-            candidates.append(('checkpoint', check_label_names(meta['label_names'], 'checkpoint')))
-        if meta.get('args'):
-            found = label_names_from_args(meta['args'])
-            candidates.append(('training data', found[0] if found else None))
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        if cfg.get('label_names') is not None:
-            source = _cfg_source(cfg)
-            names = check_label_names(cfg['label_names'], source)
-            descriptions = cfg.get('label_descriptions') or {}
-            if not isinstance(descriptions, dict):
-                raise VisualizeError(f'{source}: label_descriptions has type {type(descriptions).__name__}, not a dict')
-            candidates.append(('pretrained cfg', [str(descriptions.get(n, n)) for n in names]))
-    except CheckpointError as e:
-        raise VisualizeError(str(e)) from e
-    if imagenet:
-        subset = infer_imagenet_subset(model)
-        if subset:
-            info = ImageNetInfo(subset)
-            # the first lemma of each description ('tench', not 'tench, Tinca tinca'): legends stay short
-            names = [info.index_to_description(i).split(', ')[0] for i in range(info.num_classes())]
-            candidates.append(('ImageNet', names))
-    for source, names in candidates:
+    # read one source at a time, in order: a broken source after the one that fits (the run's class map when
+    # --label-names is given) is never read, so it cannot refuse names the user gave
+    sources: List[Tuple[str, Callable[[], Optional[List[Any]]]]] = [
+        ('--label-names', lambda: read_label_names_file(label_names_file) if label_names_file else None),
+        (
+            'checkpoint',
+            lambda: check_label_names(meta['label_names'], 'checkpoint') if meta.get('label_names') else None,
+        ),
+        ('training data', lambda: (label_names_from_args(meta['args']) or [None])[0] if meta.get('args') else None),
+        ('pretrained cfg', lambda: _pretrained_cfg_names(model)),
+        ('ImageNet', lambda: _imagenet_names(model) if imagenet else None),
+    ]
+    for source, read in sources:
+        try:
+            names = read()
+        except CheckpointError as e:
+            raise VisualizeError(str(e)) from e
         if names is None:
             continue
         if len(names) == num_classes:
             return [str(n) for n in names]
         _note(f'ignoring {len(names)} label names from {source} for {num_classes} classes')
     return [str(i) for i in range(num_classes)]
+
+
+def _pretrained_cfg_names(model: nn.Module) -> Optional[List[str]]:
+    """The class names of ``model``'s pretrained cfg (its label descriptions where it has them), or None."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if cfg.get('label_names') is None:
+        return None
+    source = _cfg_source(cfg)
+    names = check_label_names(cfg['label_names'], source)
+    descriptions = cfg.get('label_descriptions') or {}
+    if not isinstance(descriptions, dict):
+        raise VisualizeError(f'{source}: label_descriptions has type {type(descriptions).__name__}, not a dict')
+    return [str(descriptions.get(n, n)) for n in names]
+
+
+def _imagenet_names(model: nn.Module) -> Optional[List[str]]:
+    """ImageNet's class names for the subset ``model``'s head fits, or None."""
+    subset = infer_imagenet_subset(model)
+    if not subset:
+        return None
+    info = ImageNetInfo(subset)
+    # the first lemma of each description ('tench', not 'tench, Tinca tinca'): legends stay short
+    return [info.index_to_description(i).split(', ')[0] for i in range(info.num_classes())]
 
 
 # ----------------------------------------------------------------------------------------------------------------
