@@ -343,6 +343,12 @@ def test_base_weights_of_another_class_count_load_with_fresh_head_and_templates(
     x = _x()
     with torch.no_grad():
         assert torch.equal(model.eval().forward_features(x), base.forward_features(x))
+    # straight into load_state_dict (no fine-tuning start asked for): the head's class count is what differs, not
+    # the templates (those of the conversion are the model's own)
+    fresh = timm.create_model('tm_regnety_016', num_classes=7)
+    with pytest.raises(RuntimeError, match=r'(?s)size mismatch for head\.fc\.weight.*tied to the classes') as e:
+        fresh.load_state_dict(base.state_dict())
+    assert 'no whole number per class' not in str(e.value)
 
 
 # --- any other timm CNN in one call -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ tests/test_exactness.py runs each model against its base with real (random) weig
 """
 
 import copy
+import logging
 
 import pytest
 import safetensors.torch
@@ -190,3 +191,19 @@ def test_weights_of_the_same_member_still_load():
     model.load_state_dict(timm.create_model('tm_resnet18d', num_classes=10, embedding='tied').state_dict())
     other_classes = timm.create_model('tm_resnet18d', num_classes=3, embedding='tied').state_dict()
     model.load_state_dict(convert_resnet_state_dict(other_classes, model, new_head=True))
+
+
+def test_tm_weights_without_their_config_record_are_converted_with_a_warning(caplog):
+    # older TM checkpoints lack the tm_config record: the conversion (timm's pretrained loader, train.py
+    # --pretrained-path) keeps them without one, so the block says what it assumes instead of taking the model's
+    source = timm.create_model('tm_resnet18_small', num_classes=10, evidence_mode='logits').state_dict()
+    older = {k: v for k, v in source.items() if not k.endswith('tm_config')}
+    model = timm.create_model('tm_resnet18_small', num_classes=10)
+    with caplog.at_level(logging.WARNING, logger='timm_tm.layers'):
+        model.load_state_dict(convert_resnet_state_dict(older, model))
+    assert caplog.text.count('no tm_config record') == len(model.tm_blocks())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='timm_tm.layers'):  # a ResNet's weights get the model's record
+        plain = timm.create_model('tm_resnet18_small', num_classes=10, tm_stages=()).state_dict()
+        model.load_state_dict(convert_resnet_state_dict(plain, model))
+    assert 'tm_config' not in caplog.text

@@ -405,6 +405,7 @@ def test_weights_of_other_widths_name_the_first_mismatches_and_count_the_rest():
     mismatched = sum(tuple(v.shape) != tuple(model.state_dict()[k].shape) for k, v in wide.items())
     assert message.count('size mismatch for ') == 12
     assert f'... and {mismatched - 12} more size mismatch(es).' in message
+    assert 'tied to the classes' not in message  # the class count is the same: no advice to change it
 
 
 def test_pretrained_path_fine_tunes_a_tm_checkpoint_to_new_classes(tmp_path):

@@ -199,7 +199,8 @@ def fill_tm_entries(
     for k in tm_keys(model_sd, blocks):
         src = state_dict.get(k)
         if k.endswith('.' + CONFIG_KEY):  # checked by tm_block_problems: the model's own, for its class count
-            out[k] = model_sd[k].detach().clone()
+            if from_base or src is not None:  # a TM checkpoint without one stays without: the block warns on load
+                out[k] = model_sd[k].detach().clone()
             continue
         if src is not None and (src.shape == model_sd[k].shape or not class_change):
             continue  # a mis-shaped entry with the same class count is load_state_dict's to report
@@ -267,7 +268,8 @@ def load_errors(
             f'The checkpoint has TM blocks at {source_tm}, this model at {model_tm}: create the model with the '
             'tm_stages the checkpoint was trained with.'
         )
-    if any(k.endswith('.templates.weight') or (head and k == f'{head}.weight') for k in mismatched):
+    class_tied = [k for k in mismatched if k.endswith('.templates.weight') or (head and k == f'{head}.weight')]
+    if any(state_dict[k].shape[0] != own[k].shape[0] for k in class_tied):  # another class count, not width
         lines.append(
             'The head and the templates are tied to the classes: create the model with the num_classes (and '
             "templates_per_class) of the checkpoint, or fine-tune from it with timm's pretrained_cfg_overlay="

@@ -238,7 +238,9 @@ class TemplateMatchingModel:
         if converted:
             state_dict = convert_state_dict(dict(state_dict), self)
         source_tm = source_tm_blocks(state_dict)
-        if source_tm:  # TM blocks elsewhere, or of another embedding or templates per class: named, not keys
+        # TM blocks elsewhere, or of another embedding or templates per class: named, not keys (a converted base's
+        # blocks are this model's own: a head of another class count is load_errors' to name)
+        if source_tm and not converted:
             problems = tm_block_problems(
                 state_dict, source_tm, class_count(state_dict, head), blocks, template_class_count(self, blocks), head,
                 _placement_problem(source_tm, self),
