@@ -101,6 +101,13 @@ PRESETS: Dict[str, List[str]] = {
         '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline', 'baseline-ep100', 'tm-noembed', 'tm-embargmax',
         'tm-embargmax-noguide', 'tm-embtied', 'tm-embtemplates',
     ],
+    # the comparison at the plateau check's budget: TM at 100 epochs against the 100-epoch baseline (its runs are
+    # the comparison's above), the 200-epoch baseline as the plateau check; evaluated every 10 epochs (evaluation
+    # draws no random number: the same numbers as every 5)
+    'fashion-mnist-100ep': _with_option(_FASHION, '--eval-every', ['10']) + [
+        '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline-ep100', 'baseline-ep200', 'tm-noembed-ep100',
+        'tm-embargmax-ep100',
+    ],
 }  # fmt: skip
 
 
