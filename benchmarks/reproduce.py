@@ -108,6 +108,11 @@ PRESETS: Dict[str, List[str]] = {
         '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline-ep100', 'baseline-ep200', 'tm-noembed-ep100',
         'tm-embargmax-ep100',
     ],
+    # the default's -noguide control at 100 epochs, seeds 0-3 (one session's time ran out before seed 4)
+    'fashion-mnist-100ep-noguide': _with_option(_FASHION, '--eval-every', ['10']) + [
+        '--seeds', '0', '1', '2', '3', '--variants', 'baseline-ep100', 'tm-embargmax-ep100',
+        'tm-embargmax-ep100-noguide',
+    ],
 }  # fmt: skip
 
 
