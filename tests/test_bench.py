@@ -138,33 +138,26 @@ def test_parse_models():
             parse_models(bad)
 
 
-def test_a_variant_is_benched_against_its_base_side_by_side(tmp_path, capsys):
-    """tm_resnet18d against timm's resnet18d (not resnet18): both in the results and the printed table."""
+@pytest.mark.parametrize(
+    'base, tm_blocks',
+    [
+        ('resnet18d', [(256, 10), (512, 10)]),  # a variant against its own base (resnet18d, not resnet18)
+        ('efficientnet_b0', [(320, 10)]),  # a new family: the TM block after blocks.6 (320 channels)
+    ],
+)
+def test_a_tm_model_is_benched_against_its_base_side_by_side(base, tm_blocks, tmp_path, capsys):
+    """tm_<base> against timm's <base>: both in the results and the printed table; the same backbone, so the TM
+    blocks' parameters (``tm_blocks``: channels and classes per block) are the only difference."""
     pytest.importorskip('fvcore')
     out = tmp_path / 'bench.json'
-    argv = ['--models', 'resnet18d', '--rounds', '1', '--modes', 'infer', '--no-memory', '--num-classes', '10']
+    argv = ['--models', base, '--rounds', '1', '--modes', 'infer', '--no-memory', '--num-classes', '10']
     assert main([*argv, *TINY, '-o', str(out)]) == 0
-    assert '| tm_resnet18d / resnet18d | eager |' in capsys.readouterr().out
+    assert f'| tm_{base} / {base} | eager |' in capsys.readouterr().out
     (pair,) = json.loads(out.read_text())['pairs']
-    assert (pair['tm_model'], pair['base_model']) == ('tm_resnet18d', 'resnet18d')
-    extra = _tm_params([(256, 10), (512, 10)])  # the same backbone: the TM blocks are the only difference
-    assert pair['profile']['tm']['params_m'] * 1e6 - pair['profile']['base']['params_m'] * 1e6 == pytest.approx(
-        extra, abs=0.5
-    )
-
-
-def test_a_new_family_against_its_base_side_by_side(tmp_path, capsys):
-    """tm_efficientnet_b0 against efficientnet_b0: the TM block after blocks.6 (320 channels) costs its templates."""
-    pytest.importorskip('fvcore')
-    out = tmp_path / 'bench.json'
-    argv = ['--models', 'efficientnet_b0', '--rounds', '1', '--modes', 'infer', '--no-memory', '--num-classes', '10']
-    assert main([*argv, *TINY, '-o', str(out)]) == 0
-    assert '| tm_efficientnet_b0 / efficientnet_b0 | eager |' in capsys.readouterr().out
-    (pair,) = json.loads(out.read_text())['pairs']
-    assert (pair['tm_model'], pair['base_model']) == ('tm_efficientnet_b0', 'efficientnet_b0')
+    assert (pair['tm_model'], pair['base_model']) == (f'tm_{base}', base)
     prof = pair['profile']
     assert prof['tm']['params_m'] * 1e6 - prof['base']['params_m'] * 1e6 == pytest.approx(
-        _tm_params([(320, 10)]), abs=0.5
+        _tm_params(tm_blocks), abs=0.5
     )
 
 
