@@ -12,7 +12,7 @@ stage of any CNN with NCHW features.
 
 import logging
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,9 +48,9 @@ CONFIG_ADVICE = (
 )
 
 
-def _config_text(config: Dict[str, Any]) -> str:
-    """The options of a decoded ``tm_config`` as keyword arguments: "evidence_mode='gradient', ..."."""
-    return ', '.join(f'{f}={config[f]!r}' for f in CONFIG_FIELDS[1:])
+def _config_text(config: Dict[str, Any], fields: Sequence[str] = CONFIG_FIELDS[1:]) -> str:
+    """The ``fields`` of a decoded ``tm_config`` as keyword arguments: "evidence_mode='gradient', ..."."""
+    return ', '.join(f'{f}={config[f]!r}' for f in fields)
 
 
 @register_notrace_function  # a leaf call under timm's FX tracer (feature extraction): shapes are not traceable
@@ -221,10 +221,7 @@ class TemplateMatching(nn.Module):
         differs = [f for f in fields if theirs[f] != ours[f]]
         if not differs:
             return None
-        return (
-            'was made with ' + ', '.join(f'{f}={theirs[f]!r}' for f in differs)
-            + ', this model has ' + ', '.join(f'{f}={ours[f]!r}' for f in differs)
-        )  # fmt: skip
+        return f'was made with {_config_text(theirs, differs)}, this model has {_config_text(ours, differs)}'
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
