@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_parallel_runs_give_the_serial_numbers(tmp_path):
 
 def test_resume_skips_finished_runs(tmp_path, capsys):
     out = tmp_path / 'run'
-    args = TINY + ['--variants', 'baseline', '--out', str(out)]
+    args = TINY + ['--variants', 'baseline', '--out', str(out), '--title', 'digits, a title with spaces']
     assert main(args + ['--seeds', '0']) == 0
     first = json.loads((out / 'results.json').read_text())['runs']
     with pytest.raises(SystemExit):  # an existing folder is never overwritten silently
@@ -91,6 +92,7 @@ def test_resume_skips_finished_runs(tmp_path, capsys):
     assert '1 finished run(s) kept, 1 to go' in capsys.readouterr().out
     result = json.loads((out / 'results.json').read_text())
     assert '--resume' not in result['config']['command']  # the folder keeps the command that started it
+    assert shlex.split(result['config']['command'])[2:] == args + ['--seeds', '0']  # quoted as it ran
     runs = result['runs']
     assert runs[0] == first[0]  # seed 0 was not retrained (its timing would differ)
     assert [(r['variant'], r['seed']) for r in runs] == [('baseline', 0), ('baseline', 1)]
@@ -186,6 +188,24 @@ def test_a_study_at_a_longer_budget_is_set_against_its_own_baselines():
     }  # fmt: skip
     assert table_reference(['tm', 'baseline-ep100', 'baseline']) == 'baseline'
     assert table_reference(['tm', 'tm-noembed']) == 'baseline'
+
+
+def test_a_knob_screen_sets_each_candidate_against_the_default_and_the_evidence_only_block():
+    # the Fashion-MNIST knob screen: each option on the default embedding against the default itself (the option's
+    # effect) and against the evidence-only block (the target), besides the baseline
+    screen = ['baseline', 'tm-noembed', 'tm-embargmax', 'tm-embargmax-m2', 'tm-embargmax-s234-t4']
+    assert set(control_pairs(screen)) == {
+        ('tm-noembed', 'baseline'), ('tm-embargmax', 'baseline'), ('tm-embargmax-m2', 'baseline'),
+        ('tm-embargmax-s234-t4', 'baseline'), ('tm-embargmax', 'tm-noembed'), ('tm-embargmax-m2', 'tm-embargmax'),
+        ('tm-embargmax-m2', 'tm-noembed'), ('tm-embargmax-s234-t4', 'tm-noembed'),
+    }  # fmt: skip
+    # an option's own evidence-only twin, where it ran, is the evidence-only reference; the pair is not repeated
+    # the other way round; a budget or guidance option is no knob (those pairs are the plateau and guidance checks)
+    # and an evidence-only block of another budget is no reference (tm-ep2: none of its budget ran)
+    assert set(control_pairs(['tm', 'tm-noembed', 'tm-m2', 'tm-noembed-m2', 'tm-ep2', 'tm-noguide'])) == {
+        ('tm', 'tm-noembed'), ('tm-m2', 'tm-noembed-m2'), ('tm', 'tm-noguide'), ('tm-m2', 'tm'),
+        ('tm-noembed-m2', 'tm-noembed'),
+    }  # fmt: skip
 
 
 def test_the_table_of_a_longer_study_gives_differences_to_its_shortest_baseline(tmp_path, capsys):

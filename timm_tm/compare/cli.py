@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -217,7 +218,7 @@ def _compare(args: argparse.Namespace, argv: List[str], parser: argparse.Argumen
     out = Path(args.out or Path('results') / 'tmp' / f'{args.dataset}-{time.strftime("%Y%m%d-%H%M%S")}')
     config = {k: v for k, v in vars(args).items() if k not in ('resume', 'out', 'title', 'reuse')}
     config['scale'] = list(args.scale) if args.scale else None
-    config['command'] = 'timm-tm compare ' + ' '.join(argv)
+    config['command'] = 'timm-tm compare ' + shlex.join(argv)  # quoted: a --title with spaces reruns as it ran
     # what bit-for-bit equal reruns need besides the recipe (benchmarks/reproduce.py compares exactly only then)
     config['machine'] = numerics_record(args.threads, args.device)
     with _claimed(out, args, parser):

@@ -121,7 +121,10 @@ def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
     an ``-ep<E>`` variant, when there is one); a variant with an embedding against its evidence-only twin (the same
     variant without embedding, e.g. ``tm-noembed`` for ``tm`` or ``tm-embtied``); a variant against its
     ``-noguide`` control (the same blocks without label guidance) when they were run; a longer ``baseline-ep<E>``
-    against the next shorter one (the plateau check of that budget)."""
+    against the next shorter one (the plateau check of that budget); a TM variant against the one it extends by an
+    option (``tm-embargmax-m2`` against ``tm-embargmax``: the option's effect), and an embedding whose own
+    evidence-only twin did not run against ``tm-noembed`` of its budget (the target of a knob screen: better than
+    both the baseline and the evidence-only block)."""
     parsed = {v: parse_variant(v) for v in variants}
     pairs = []
     for v, pv in parsed.items():  # against the baseline trained as long (``baseline-ep<E>`` for ``-ep<E>`` variants)
@@ -145,7 +148,29 @@ def control_pairs(variants: Sequence[str]) -> List[Tuple[str, str]]:
                       and without(vb, 'embedding') == without(va, 'embedding')]  # fmt: skip
         if f'{a}-noguide' in parsed:
             pairs.append((a, f'{a}-noguide'))
+    for a, va in parsed.items():
+        if va.is_baseline:
+            continue
+        for b in _one_option_less(a):  # the option's effect: tm-embargmax-m2 against tm-embargmax
+            if b in parsed and (a, b) not in pairs and (b, a) not in pairs:
+                pairs.append((a, b))
+        # an embedding whose own evidence-only twin did not run: against the recipe's evidence-only block
+        evidence_only = 'tm-noembed' + (f'-ep{va.epochs}' if va.epochs else '')
+        if _embedding(va) != 'none' and not va.freeze_evidence_weight and evidence_only in parsed:
+            if not any(a == x and _embedding(parsed[y]) == 'none' for x, y in pairs):
+                pairs.append((a, evidence_only))
     return pairs
+
+
+def _one_option_less(name: str) -> List[str]:
+    """The TM variant names ``name`` extends by one option (``tm-embargmax-m2`` -> ``tm-m2``, ``tm-embargmax``),
+    budget (``ep<int>``) and ``noguide`` options kept: those pairs are the plateau and guidance checks above."""
+    kind, *options = name.split('-')
+    return [
+        '-'.join([kind, *options[:i], *options[i + 1 :]])
+        for i, tok in enumerate(options)
+        if tok != 'noguide' and not re.fullmatch(r'ep\d+', tok)
+    ]
 
 
 def table_reference(variants: Sequence[str]) -> str:
