@@ -108,6 +108,13 @@ PRESETS: Dict[str, List[str]] = {
         '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline-ep100', 'baseline-ep200', 'tm-noembed-ep100',
         'tm-embargmax-ep100',
     ],
+    # the knob screen (issue 16 item 5): one option at a time on the default block, seeds 0-2 (its baseline,
+    # tm-noembed and tm-embargmax runs are the 50-epoch comparison's); m<int>: templates per class, s234: a block
+    # after stage 2 too, t4: temperature 4 (the low end of its clamp), w1: evidence gain 1 (default 0.3)
+    'fashion-mnist-knobs': _FASHION + [
+        '--seeds', '0', '1', '2', '--variants', 'baseline', 'tm-noembed', 'tm-embargmax', 'tm-embargmax-m2',
+        'tm-embargmax-m4', 'tm-embargmax-s234', 'tm-embargmax-t4', 'tm-embargmax-w1',
+    ],
     # the default's -noguide control at 100 epochs (its baseline-ep100 and tm-embargmax-ep100 runs are the study's)
     'fashion-mnist-100ep-noguide': _with_option(_FASHION, '--eval-every', ['10']) + [
         '--seeds', '0', '1', '2', '3', '4', '--variants', 'baseline-ep100', 'tm-embargmax-ep100',
