@@ -579,28 +579,6 @@ def test_empty_batch(train):
     assert model(x).shape == (0, 512)
 
 
-def test_checkpoint_of_another_embedding_is_refused_naming_it(tmp_path):
-    """A tm checkpoint made with another embedding is refused, nothing loaded, on both load paths."""
-    import safetensors.torch
-
-    source = timm.create_model('tm_resnet18_small', num_classes=10, embedding='tied')
-    path = tmp_path / 'tied.safetensors'
-    safetensors.torch.save_file(source.state_dict(), str(path))
-    with pytest.raises(RuntimeError, match="embedding='none'"):
-        timm.create_model(
-            'tm_resnet18_small',
-            num_classes=10,
-            embedding='none',
-            pretrained=True,
-            pretrained_cfg_overlay=dict(file=str(path)),
-        )
-    model = timm.create_model('tm_resnet18_small', num_classes=10, embedding='none')
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(RuntimeError, match=r'Unexpected TM \(template-matching block\) key\(s\).*embed_scale'):
-        model.load_state_dict(source.state_dict())
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-
-
 def _load_paths(source: torch.nn.Module, tmp_path, **model_kwargs):
     """Every way a train.py run or a user loads weights into a tm model, each a function of no arguments that loads
     ``source``'s weights (saved as train.py saves them) into a model made with ``model_kwargs``."""
@@ -639,6 +617,11 @@ def _load_paths(source: torch.nn.Module, tmp_path, **model_kwargs):
         # an embedding model of 10 classes x 1 template and one of 5 x 2 hold the same 10 templates per block
         (dict(num_classes=0, template_classes=10), dict(num_classes=0, template_classes=5, templates_per_class=2),
          'templates_per_class=1, num_classes=10'),
+        # other keys: named as the option that made them, not as a list of keys
+        (dict(num_classes=10, embedding='tied'), dict(num_classes=10, embedding='none'),
+         "another embedding?): create the model with the TM options (e.g. embedding) that the checkpoint was made "
+         "with; this model has embedding='none'"),
+        (dict(num_classes=10, tm_stages=(4,)), dict(num_classes=10), 'create the model with tm_stages=(4,)'),
     ],
 )  # fmt: skip
 def test_checkpoint_of_other_tm_options_is_refused_on_every_load_path(tmp_path, source_kwargs, model_kwargs, needle):

@@ -21,7 +21,7 @@ from timm_tm.layers import CONFIG_KEY, EMBEDDINGS, TemplateMatching, tm_config_p
 
 __all__ = [
     'convert_to_tm', 'is_base_state_dict', 'source_tm_blocks', 'class_count', 'tm_keys', 'template_class_count',
-    'tm_block_problems', 'template_count_problem', 'fill_tm_entries', 'load_errors',
+    'tm_block_problems', 'template_count_problem', 'fill_tm_entries', 'load_errors', 'checked_state_dict',
 ]  # fmt: skip
 
 _logger = logging.getLogger(__name__)
@@ -78,6 +78,40 @@ def convert_to_tm(
             'were re-initialized (a fine-tuning start, not its trained predictions): ' + ', '.join(refreshed)
         )
     return out
+
+
+def checked_state_dict(
+    model: nn.Module,
+    state_dict: Dict[str, Any],
+    strict: bool,
+    head: Optional[str],
+    convert: Callable[[Dict[str, Any]], Dict[str, Any]],
+    placement_problem: Callable[[List[str]], Optional[str]],
+    base: str,
+) -> Dict[str, Any]:
+    """``state_dict`` as ``model`` loads it, checked before anything is copied (the body of both families'
+    ``load_state_dict``). A ``base`` model's (none of the model's TM keys) goes through ``convert``; a TM model's
+    blocks must be where ``model``'s are (``placement_problem``) and made as they are (:func:`tm_block_problems`);
+    then torch's key and shape checks (:func:`load_errors`). Raises RuntimeError naming what does not fit."""
+    own, blocks = model.state_dict(), model.tm_blocks()
+    converted = is_base_state_dict(state_dict, own, blocks)
+    if converted:
+        state_dict = convert(dict(state_dict))
+    source_tm = source_tm_blocks(state_dict)
+    # a converted base's blocks are this model's own: a head of another class count is load_errors' to name
+    if source_tm and not converted:
+        problems = tm_block_problems(
+            state_dict, source_tm, class_count(state_dict, head), blocks, template_class_count(model, blocks), head,
+            placement_problem(source_tm),
+        )  # fmt: skip
+        if problems:
+            raise RuntimeError(
+                f'The state_dict does not fit {type(model).__name__} (nothing was loaded): ' + '; '.join(problems)
+            )
+    errors = load_errors(model, own, state_dict, strict, base if converted else None, head)
+    if errors:
+        raise RuntimeError(errors)
+    return state_dict
 
 
 def is_base_state_dict(state_dict: Dict[str, Any], own: Dict[str, Any], blocks: Dict[str, TemplateMatching]) -> bool:

@@ -45,15 +45,7 @@ from timm.models import (
 )
 
 from timm_tm.layers import TemplateMatching, check_int
-from timm_tm.models._loading import (
-    class_count,
-    convert_to_tm,
-    is_base_state_dict,
-    load_errors,
-    source_tm_blocks,
-    template_class_count,
-    tm_block_problems,
-)
+from timm_tm.models._loading import checked_state_dict, convert_to_tm
 from timm_tm.pretrained import prepare_pretrained
 
 __all__ = [
@@ -233,25 +225,10 @@ class TemplateMatchingModel:
         identity). A state_dict with none of this model's TM keys goes through the conversion, which refuses TM blocks
         placed elsewhere; keys and shapes are checked before anything is copied, and an error names the missing,
         unexpected and mis-shaped keys, the TM ones called out as such."""
-        own, blocks, head = self.state_dict(), self.tm_blocks(), _head_name(self)
-        converted = is_base_state_dict(state_dict, own, blocks)
-        if converted:
-            state_dict = convert_state_dict(dict(state_dict), self)
-        source_tm = source_tm_blocks(state_dict)
-        # TM blocks elsewhere, or of another embedding or templates per class: named, not keys (a converted base's
-        # blocks are this model's own: a head of another class count is load_errors' to name)
-        if source_tm and not converted:
-            problems = tm_block_problems(
-                state_dict, source_tm, class_count(state_dict, head), blocks, template_class_count(self, blocks), head,
-                _placement_problem(source_tm, self),
-            )  # fmt: skip
-            if problems:
-                raise RuntimeError(
-                    f'The state_dict does not fit {type(self).__name__} (nothing was loaded): ' + '; '.join(problems)
-                )
-        errors = load_errors(self, own, state_dict, strict, self.tm_base if converted else None, head)
-        if errors:
-            raise RuntimeError(errors)
+        state_dict = checked_state_dict(
+            self, state_dict, strict, _head_name(self), functools.partial(convert_state_dict, model=self),
+            functools.partial(_placement_problem, model=self), self.tm_base,
+        )  # fmt: skip
         return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
 
     def __prepare_scriptable__(self):

@@ -41,9 +41,8 @@ from timm_tm.layers import (
     check_finite,
     check_input_shape,
     check_int,
-    tm_config_problem,
 )
-from timm_tm.models._loading import convert_to_tm, is_base_state_dict, load_errors, source_tm_blocks
+from timm_tm.models._loading import checked_state_dict, convert_to_tm, source_tm_blocks
 from timm_tm.pretrained import prepare_pretrained, tm_weight_cfgs
 
 __all__ = [
@@ -344,27 +343,21 @@ class TemplateMatchingResNet(ResNet):
         """Load a tm_resnet state_dict, or a timm ResNet one (converted by :func:`convert_resnet_state_dict`).
 
         A state_dict with none of this model's TM entries but its other keys is read as a timm ResNet's, so
-        timm's ``load_checkpoint`` (train.py ``--initial-checkpoint``) starts from ResNet weights. Keys, shapes and
-        the TM blocks' recorded configuration are checked before anything is copied: a load that fails leaves the
-        model untouched, and its error names the missing, unexpected and mis-shaped keys, the TM ones called out as
-        such, or the TM options that differ.
+        timm's ``load_checkpoint`` (train.py ``--initial-checkpoint``) starts from ResNet weights. The architecture,
+        the TM blocks (placement, embedding, templates per class, recorded options), keys and shapes are checked
+        before anything is copied, as in every TM family (``checked_state_dict``): a load that fails leaves the model
+        untouched, and its error names what differs (the tm_stages or TM options to create the model with) or the
+        missing, unexpected and mis-shaped keys, the TM ones called out as such.
         """
         problem = _architecture_problem(state_dict, self)
         if problem:
             raise RuntimeError(
                 f'Error(s) in loading state_dict for {type(self).__name__} (nothing was loaded): {problem}'
             )
-        own = self.state_dict()
-        blocks = self.tm_blocks()
-        converted = is_base_state_dict(state_dict, own, blocks)
-        if converted:
-            state_dict = convert_resnet_state_dict(dict(state_dict), self)
-        errors = load_errors(self, own, state_dict, strict, 'timm ResNet' if converted else None, 'fc')
-        if errors:
-            raise RuntimeError(errors)
-        problem = tm_config_problem(blocks, state_dict)  # the same shapes with another meaning
-        if problem:
-            raise RuntimeError(f'The checkpoint does not fit {type(self).__name__} (nothing was loaded): {problem}')
+        state_dict = checked_state_dict(
+            self, state_dict, strict, 'fc', functools.partial(convert_resnet_state_dict, model=self),
+            functools.partial(_placement_problem, model=self), 'timm ResNet',
+        )  # fmt: skip
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
