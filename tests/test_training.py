@@ -351,18 +351,18 @@ def test_resume_from_a_checkpoint_for_other_classes_names_the_keys(tmp_path):
     assert 'size mismatch for TM key fc.weight' not in message
 
 
-def test_checkpoint_with_other_tm_stages_names_the_tm_keys(tmp_path):
+def test_checkpoint_with_other_tm_stages_names_the_stages_to_create(tmp_path):
     path = tmp_path / 'model.pth.tar'
     torch.save({'state_dict': _model(tm_stages=(2, 4)).state_dict()}, path)
     model = _model()  # tm_stages (3, 4)
     message = _assert_error_and_untouched(
         model,
         lambda: timm.models.load_checkpoint(model, str(path)),
-        'Missing TM (template-matching block) key(s) in state_dict: "layer3.2.',
-        'Unexpected TM (template-matching block) key(s) in state_dict: "layer2.2.',
-        'tm_stages',
+        'nothing was loaded',
+        "its TM blocks are layer2.2, layer4.2, this model's layer3.2, layer4.2",
+        'create the model with tm_stages=(2, 4)',
     )
-    assert 'Missing key(s)' not in message  # the backbone matches: only the TM keys are named
+    assert 'key(s)' not in message  # the backbone matches: the blocks' places say it, not a list of keys
 
 
 def test_initial_checkpoint_from_another_resnet_names_the_keys(tmp_path):
