@@ -258,7 +258,8 @@ def load_errors(
 ) -> str:
     """What keeps ``state_dict`` from loading into ``model`` (its state_dict ``own``): torch's checks, the TM keys
     named apart; '' if nothing. ``converted_from``: the base model it was read as (it had no TM keys), or None;
-    ``head``: the classifier tied to the classes with the templates."""
+    ``head``: the classifier tied to the classes with the templates. Called by :func:`checked_state_dict` after the
+    TM blocks' own check, so their placement is not repeated here."""
     # a TM block's configuration record is optional (checkpoints saved before it existed)
     missing = [k for k in own if k not in state_dict and not k.endswith('.' + CONFIG_KEY)] if strict else []
     unexpected = [k for k in state_dict if k not in own] if strict else []
@@ -269,8 +270,8 @@ def load_errors(
     ]
     if not (missing or unexpected or mismatched):
         return ''
-    model_tm, source_tm = sorted(model.tm_blocks()), source_tm_blocks(state_dict)
-    tm_prefixes = tuple(f'{p}.' for p in model_tm + source_tm)
+    # TM blocks elsewhere were refused before (checked_state_dict): the state_dict's blocks are the model's
+    tm_prefixes = tuple(f'{p}.' for p in model.tm_blocks())
     tm_leaves = {k for e in EMBEDDINGS for k in TemplateMatching(1, 1, embedding=e).state_dict()}
 
     def is_tm(key: str) -> bool:
@@ -297,11 +298,6 @@ def load_errors(
         )
     if len(mismatched) > max_keys:  # another architecture mis-shapes hundreds: the first ones say what it is
         lines.append(f'\t... and {len(mismatched) - max_keys} more size mismatch(es).')
-    if source_tm and source_tm != model_tm:
-        lines.append(
-            f'The checkpoint has TM blocks at {source_tm}, this model at {model_tm}: create the model with the '
-            'tm_stages the checkpoint was trained with.'
-        )
     class_tied = [k for k in mismatched if k.endswith('.templates.weight') or (head and k == f'{head}.weight')]
     if any(state_dict[k].shape[0] != own[k].shape[0] for k in class_tied):  # another class count, not width
         lines.append(
